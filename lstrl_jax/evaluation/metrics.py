@@ -1,0 +1,270 @@
+"""Ranking metrics for video ReID: distance matrix, mAP and CMC under each scoring convention.
+
+Everything heavy is a pure jitted function. Queries are ranked in chunks of a fixed size (the last chunk
+padded), mapped with `jax.lax.map`, so one compiled shape serves every query set and device memory stays at
+a few `[chunk_size, G]` arrays whatever the gallery size; the `[Q, G]` distance matrix is never built when
+ranking from features. Ties in distance keep gallery order (stable sort), like MATLAB's `sort` and NumPy's
+stable `argsort`.
+
+Scoring conventions (DESIGN.md section 3); in all of them distractors (pid 0) are ordinary non-matches and
+gallery items with the query's pid and camid are junk (ignored: they neither count nor take a rank):
+- 'paper': plain (non-interpolated) AP; mAP and CMC averaged over ALL queries, a query without a valid
+  match scoring AP 0 and CMC 0 (AP3D / PSTA / the LSTRL author's evaluation on MARS).
+- 'torchreid': plain AP; queries without a valid match are skipped (torchreid `eval_market1501`).
+- 'official': MARS's MATLAB code (`evaluation_mars.m` + `compute_AP.m`): pid -1 gallery items are junk too;
+  AP by the trapezoid rule `ap += d_recall * (old_precision + precision) / 2` with `old_precision = 1` at
+  rank 0; CMC averaged over all queries. A query without a valid match (none on MARS) gets AP 0 here where
+  the MATLAB code would give NaN.
+- 'cross_camera' (iLIDS-VID, PRID-2011, LS-VID, DukeMTMC-VideoReID): plain AP, queries without a valid
+  match skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DISTANCES = ('cosine', 'euclidean')
+CMC_RANKS = (1, 5, 10, 20)
+DEFAULT_CHUNK_SIZE = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+  """Junk, AP and averaging rules of one scoring convention.
+
+  Attributes:
+    name: convention name.
+    unlabeled_junk: gallery items with pid -1 are junk (MARS MATLAB code).
+    trapezoid_ap: AP by the trapezoid rule of MARS's `compute_AP.m`; else plain AP (mean of the precision
+      at each match).
+    skip_no_match: queries without a valid match are left out of the averages; else they count 0.
+  """
+
+  name: str
+  unlabeled_junk: bool
+  trapezoid_ap: bool
+  skip_no_match: bool
+
+
+CONVENTIONS = {
+    'paper': Convention('paper', unlabeled_junk=False, trapezoid_ap=False, skip_no_match=False),
+    'torchreid': Convention('torchreid', unlabeled_junk=False, trapezoid_ap=False, skip_no_match=True),
+    'official': Convention('official', unlabeled_junk=True, trapezoid_ap=True, skip_no_match=False),
+    'cross_camera': Convention('cross_camera', unlabeled_junk=False, trapezoid_ap=False, skip_no_match=True),
+}
+
+
+def get_convention(name: str) -> Convention:
+  """Returns the `Convention` called `name`; raises ValueError naming the known ones otherwise."""
+  if name not in CONVENTIONS:
+    raise ValueError(f'unknown scoring convention {name!r}; expected one of {sorted(CONVENTIONS)}')
+  return CONVENTIONS[name]
+
+
+def _check_distance(distance: str) -> None:
+  if distance not in DISTANCES:
+    raise ValueError(f'unknown distance {distance!r}; expected one of {DISTANCES}')
+
+
+def l2_normalize(features: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+  """Scales each row of float `[N, D]` to unit L2 norm (rows of zeros stay zero)."""
+  norm = jnp.linalg.norm(features, axis=-1, keepdims=True)
+  return features / jnp.maximum(norm, eps)
+
+
+@functools.partial(jax.jit, static_argnames=('distance',))
+def distance_matrix(query_features: jnp.ndarray, gallery_features: jnp.ndarray, *,
+                    distance: str = 'cosine') -> jnp.ndarray:
+  """Query-gallery distances, float32 `[Q, G]`, smaller is more similar.
+
+  Args:
+    query_features: float `[Q, D]`.
+    gallery_features: float `[G, D]`.
+    distance: 'cosine': 1 - cos on L2-normalised features, in [0, 2]; 'euclidean': the L2 distance
+      sqrt(|q|^2 + |g|^2 - 2 q.g), clamped at 0 before the root.
+
+  Raises:
+    ValueError: unknown `distance`.
+  """
+  _check_distance(distance)
+  q = query_features.astype(jnp.float32)
+  g = gallery_features.astype(jnp.float32)
+  if distance == 'cosine':
+    q, g = l2_normalize(q), l2_normalize(g)
+  dot = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
+  if distance == 'cosine':
+    return 1.0 - dot
+  squared = jnp.sum(q * q, axis=1)[:, None] + jnp.sum(g * g, axis=1)[None, :] - 2.0 * dot
+  return jnp.sqrt(jnp.maximum(squared, 0.0))
+
+
+def _chunk_scores(distances, q_pids, q_camids, g_pids, g_camids, rule):
+  """Scores a chunk of queries: float `[C, G]` distances -> (AP `[C]`, first match rank `[C]`, #matches `[C]`).
+
+  `rule` holds the convention's flags as traced booleans (unlabeled_junk, trapezoid_ap), so every
+  convention shares one compiled function. The first match rank is 1-based among the non-junk gallery
+  items (0 when the query has no valid match), the rank CMC counts; AP is 0 without a valid match.
+  """
+  unlabeled_junk, trapezoid_ap = rule
+  same_pid = g_pids[None, :] == q_pids[:, None]
+  junk = same_pid & (g_camids[None, :] == q_camids[:, None])
+  junk = junk | (unlabeled_junk & (g_pids == -1))[None, :]
+  good = (same_pid & ~junk).astype(jnp.int32)
+  valid = (~junk).astype(jnp.int32)
+  _, good, valid = jax.lax.sort((distances, good, valid), dimension=1, is_stable=True, num_keys=1)
+  rank = jnp.cumsum(valid, axis=1)  # 1-based rank among non-junk items, at every sorted position
+  hits = jnp.cumsum(good, axis=1)  # matches seen up to each sorted position
+  num_good = hits[:, -1]
+  is_good = good.astype(bool)
+  rank_f = jnp.maximum(rank, 1).astype(jnp.float32)
+  hits_f = hits.astype(jnp.float32)
+  precision = hits_f / rank_f
+  old_precision = jnp.where(rank == 1, 1.0, (hits_f - 1.0) / jnp.maximum(rank_f - 1.0, 1.0))
+  precision = jnp.where(trapezoid_ap, (old_precision + precision) / 2.0, precision)
+  ap = jnp.sum(jnp.where(is_good, precision, 0.0), axis=1) / jnp.maximum(num_good, 1).astype(jnp.float32)
+  first = jnp.min(jnp.where(is_good, rank, jnp.iinfo(jnp.int32).max), axis=1)
+  first = jnp.where(num_good > 0, first, 0)
+  return ap, first, num_good
+
+
+def _pad_chunks(x: jnp.ndarray, chunk_size: int) -> jnp.ndarray:
+  """Pads the leading axis of `[Q, ...]` to a multiple of `chunk_size` and folds it: `[Q', C, ...]`."""
+  pad = -x.shape[0] % chunk_size
+  x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+  return x.reshape((-1, chunk_size) + x.shape[1:])
+
+
+def _map_chunks(score_chunk, query_arrays, num_query: int, chunk_size: int) -> dict[str, jnp.ndarray]:
+  chunks = tuple(_pad_chunks(x, chunk_size) for x in query_arrays)
+  ap, first, num_good = jax.lax.map(lambda c: score_chunk(*c), chunks)
+  return {
+      'ap': ap.reshape(-1)[:num_query],
+      'first_match_rank': first.reshape(-1)[:num_query],
+      'num_matches': num_good.reshape(-1)[:num_query],
+  }
+
+
+def _rule_flags(convention: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+  rule = get_convention(convention)
+  return jnp.asarray(rule.unlabeled_junk), jnp.asarray(rule.trapezoid_ap)
+
+
+@functools.partial(jax.jit, static_argnames=('chunk_size',))
+def _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, rule, chunk_size):
+  score = lambda d, qp, qc: _chunk_scores(d, qp, qc, g_pids, g_camids, rule)
+  return _map_chunks(score, (distances, q_pids, q_camids), distances.shape[0], chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=('distance', 'chunk_size'))
+def _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, rule,
+                          distance, chunk_size):
+  def score(qf, qp, qc):
+    d = distance_matrix(qf, gallery_features, distance=distance)
+    return _chunk_scores(d, qp, qc, g_pids, g_camids, rule)
+
+  return _map_chunks(score, (query_features, q_pids, q_camids), query_features.shape[0], chunk_size)
+
+
+def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, convention: str,
+                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, jnp.ndarray]:
+  """Per-query ranking scores from a precomputed (e.g. re-ranked) distance matrix (jitted).
+
+  Args:
+    distances: float `[Q, G]`, smaller is more similar.
+    q_pids, q_camids: int `[Q]` query pids and camids.
+    g_pids, g_camids: int `[G]` gallery pids and camids (pid -1 junk, 0 distractor on MARS).
+    convention: a key of `CONVENTIONS`.
+    chunk_size: queries ranked at once.
+
+  Returns:
+    {'ap': float32 `[Q]`, 'first_match_rank': int32 `[Q]` (1-based among non-junk items, 0 = no valid
+    match), 'num_matches': int32 `[Q]` valid matches in the gallery}.
+
+  Raises:
+    ValueError: unknown convention.
+  """
+  return _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, _rule_flags(convention),
+                                chunk_size)
+
+
+def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, *,
+                         convention: str, distance: str = 'cosine',
+                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, jnp.ndarray]:
+  """Per-query ranking scores from features, one `[chunk_size, G]` distance block at a time (jitted).
+
+  Args:
+    query_features: float `[Q, D]`; gallery_features: float `[G, D]`.
+    q_pids, q_camids, g_pids, g_camids, convention, chunk_size: as in `scores_from_distances`.
+    distance: 'cosine' or 'euclidean' (see `distance_matrix`).
+
+  Returns:
+    The dict of `scores_from_distances`.
+
+  Raises:
+    ValueError: unknown convention or distance.
+  """
+  _check_distance(distance)
+  return _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids,
+                               _rule_flags(convention), distance, chunk_size)
+
+
+def summarize(scores: Mapping[str, jnp.ndarray], convention: str, num_gallery: int,
+              ranks: tuple[int, ...] = CMC_RANKS) -> dict[str, float | int]:
+  """Averages per-query scores into mAP and CMC (fractions in [0, 1]) under `convention`'s rule.
+
+  Args:
+    scores: output of `scores_from_distances` / `scores_from_features`.
+    convention: a key of `CONVENTIONS`.
+    num_gallery: G, reported as is.
+    ranks: CMC ranks to report, e.g. (1, 5, 10, 20) -> keys 'R-1', 'R-5', ...
+
+  Returns:
+    {'mAP', 'R-k' for k in ranks, 'num_query', 'num_gallery', 'num_scored' (queries in the averages),
+    'no_match' (queries without a valid match)}. Averages are taken in float64 on the host.
+
+  Raises:
+    ValueError: unknown convention, or every query would be skipped for lack of a valid match.
+  """
+  rule = get_convention(convention)
+  ap = np.asarray(scores['ap'], np.float64)
+  first = np.asarray(scores['first_match_rank'])
+  has_match = np.asarray(scores['num_matches']) > 0
+  scored = has_match if rule.skip_no_match else np.ones_like(has_match)
+  if not scored.any():
+    raise ValueError(f'no query has a valid match in the gallery (convention {convention!r})')
+  result = {'mAP': float(ap[scored].mean())}
+  for k in ranks:
+    result[f'R-{k}'] = float(((first[scored] >= 1) & (first[scored] <= k)).mean())
+  result.update(num_query=int(ap.shape[0]), num_gallery=int(num_gallery), num_scored=int(scored.sum()),
+                no_match=int((~has_match).sum()))
+  return result
+
+
+def evaluate_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, *,
+                      convention: str, distance: str = 'cosine',
+                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float | int]:
+  """mAP and CMC of query features `[Q, D]` against gallery features `[G, D]` (see `summarize`)."""
+  scores = scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids,
+                                convention=convention, distance=distance, chunk_size=chunk_size)
+  return summarize(scores, convention, num_gallery=gallery_features.shape[0])
+
+
+def evaluate_distances(distances, q_pids, q_camids, g_pids, g_camids, *, convention: str,
+                       chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float | int]:
+  """mAP and CMC from a `[Q, G]` distance matrix (see `summarize`)."""
+  scores = scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, convention=convention,
+                                 chunk_size=chunk_size)
+  return summarize(scores, convention, num_gallery=distances.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames=('k',))
+def top_k_gallery(distances: jnp.ndarray, k: int) -> jnp.ndarray:
+  """Indices int32 `[Q, k]` of the k nearest gallery items per query, ties in gallery order."""
+  _, indices = jax.lax.top_k(-distances, k)
+  return indices
