@@ -9,10 +9,11 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
-from lstrl_jax.data.datasets import ilidsvid
+from lstrl_jax.data.datasets import ilidsvid, mars
 from lstrl_jax.data.index import DatasetError, VideoReIDDataset
 
 _READERS: dict[str, Callable[..., VideoReIDDataset]] = {
+    'mars': mars.load,
     'ilidsvid': ilidsvid.load,
     'demo': lambda root, *, split=0: ilidsvid.load(root, split=split, name='demo'),
 }
