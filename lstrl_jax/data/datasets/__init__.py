@@ -9,12 +9,15 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
-from lstrl_jax.data.datasets import ilidsvid, mars
+from lstrl_jax.data.datasets import duke, ilidsvid, lsvid, mars, prid
 from lstrl_jax.data.index import DatasetError, VideoReIDDataset
 
 _READERS: dict[str, Callable[..., VideoReIDDataset]] = {
     'mars': mars.load,
     'ilidsvid': ilidsvid.load,
+    'prid': prid.load,
+    'lsvid': lsvid.load,
+    'duke': duke.load,
     'demo': lambda root, *, split=0: ilidsvid.load(root, split=split, name='demo'),
 }
 
