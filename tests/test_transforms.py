@@ -27,8 +27,8 @@ def test_decode_path_and_bytes_agree_and_resize(tmp_path):
   image = np.random.default_rng(1).integers(0, 256, size=(20, 10, 3), dtype=np.uint8)
   path = tmp_path / 'f.png'
   path.write_bytes(_png(image))
-  np.testing.assert_array_equal(transforms.decode_frame(str(path), 'x', 20, 10), image)
-  resized = transforms.decode_frame(path.read_bytes(), 'x', H, W)
+  np.testing.assert_array_equal(np.asarray(transforms.open_frame(str(path), 'x', 20, 10)), image)
+  resized = np.asarray(transforms.open_frame(path.read_bytes(), 'x', H, W))
   expected = np.asarray(PIL.Image.fromarray(image).resize((W, H), PIL.Image.BILINEAR))
   np.testing.assert_array_equal(resized, expected)
 
@@ -38,9 +38,9 @@ def test_truncated_png_names_the_file(tmp_path):
   path = tmp_path / 'cam1_person001_00003.png'
   path.write_bytes(data[:len(data) // 2])
   with pytest.raises(DatasetError, match='cam1_person001_00003.png: cannot decode'):
-    transforms.decode_frame(str(path), str(path), H, W)
+    transforms.open_frame(str(path), str(path), H, W)
   with pytest.raises(DatasetError, match='missing.png'):
-    transforms.decode_frame(str(tmp_path / 'missing.png'), 'missing.png', H, W)
+    transforms.open_frame(str(tmp_path / 'missing.png'), 'missing.png', H, W)
 
 
 def test_load_clip_repeats_frames_by_index():
@@ -50,21 +50,46 @@ def test_load_clip_repeats_frames_by_index():
   np.testing.assert_array_equal(clip, originals[[0, 0, 2, 2, 1]])
 
 
-def test_augment_identity_crop_shift_flip_and_erase_hand_worked():
+def _reference(clip, params, pad):
+  """numpy re-implementation: zero-pad, crop at (top, left), flip, erase with the ImageNet mean pixel."""
+  padded = np.pad(clip, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = padded[:, params.top:params.top + H, params.left:params.left + W]
+  out = np.array(out[:, :, ::-1] if params.flip else out)
+  if params.erase:
+    y, x, h, w = params.erase
+    out[:, y:y + h, x:x + w] = (124, 116, 104)
+  return out
+
+
+def _augmented(clip, params, pad=PAD):
+  frames = [_png(f) for f in clip]
+  out = transforms.load_clip(frames, list('abc'), np.arange(len(clip)), H, W, (params, pad))
+  return transforms.erase(out, params)
+
+
+def test_crop_flip_erase_hand_worked():
   clip = _clip()
   same = transforms.ClipAugmentation(top=PAD, left=PAD, flip=False, erase=None)
-  np.testing.assert_array_equal(transforms.augment_clip(clip, same, PAD), clip)
+  np.testing.assert_array_equal(_augmented(clip, same), clip)
   # Crop at the padded corner: PAD rows/cols of zeros, then the frame shifted down/right by PAD.
-  corner = transforms.augment_clip(clip, transforms.ClipAugmentation(0, 0, False, None), PAD)
+  corner = _augmented(clip, transforms.ClipAugmentation(0, 0, False, None))
   assert (corner[:, :PAD] == 0).all() and (corner[:, :, :PAD] == 0).all()
   np.testing.assert_array_equal(corner[:, PAD:, PAD:], clip[:, :H - PAD, :W - PAD])
-  flipped = transforms.augment_clip(clip, transforms.ClipAugmentation(PAD, PAD, True, None), PAD)
+  flipped = _augmented(clip, transforms.ClipAugmentation(PAD, PAD, True, None))
   np.testing.assert_array_equal(flipped, clip[:, :, ::-1])
-  erased = transforms.augment_clip(clip, transforms.ClipAugmentation(PAD, PAD, False, (3, 1, 5, 4)), PAD)
+  erased = _augmented(clip, transforms.ClipAugmentation(PAD, PAD, False, (3, 1, 5, 4)))
   np.testing.assert_array_equal(erased[:, 3:8, 1:5], np.broadcast_to([124, 116, 104], (3, 5, 4, 3)))
   outside = np.ones((H, W), bool)
   outside[3:8, 1:5] = False
   np.testing.assert_array_equal(erased[:, outside], clip[:, outside])
+
+
+def test_augmentation_matches_a_numpy_reference_for_random_draws():
+  clip = _clip(4)
+  config = transforms.AugmentConfig(pad=PAD, erasing_prob=0.7)
+  for seed in range(40):
+    params = transforms.draw_augmentation(np.random.default_rng(seed), H, W, config)
+    np.testing.assert_array_equal(_augmented(clip, params), _reference(clip, params, PAD))
 
 
 def test_draws_stay_in_range_and_follow_the_probabilities():
@@ -125,7 +150,7 @@ def test_train_clip_matches_its_steps_and_eval_clip_pads_with_zeros():
   stop = np.array([1, 2, 3, 5])  # chunks of n = 5, T = 4: floor(t * 5 / 4) = 0, 1, 2, 3, 5
   indices = rng.integers(start, stop)
   params = transforms.draw_augmentation(rng, H, W, config)
-  expected = transforms.augment_clip(_clip(6, 5)[indices], params, PAD)
+  expected = _reference(_clip(6, 5)[indices], params, PAD)
   np.testing.assert_array_equal(out['clips'], expected)
   row = {'frames': (), 'names': (), 'indices': np.zeros(4, np.int64), 'tracklet': -1, 'mask': False}
   padded = transforms.EvalClip(H, W).map(row)

@@ -36,7 +36,7 @@ MEAN_PIXEL = np.round(np.asarray(IMAGENET_MEAN) * 255).astype(np.uint8)  # (124,
 _ERASING_ATTEMPTS = 100
 
 
-def decode_frame(source: str | bytes, name: str, height: int, width: int) -> np.ndarray:
+def open_frame(source: str | bytes, name: str, height: int, width: int) -> PIL.Image.Image:
   """Decodes one frame with PIL and resizes it (bilinear) to height x width.
 
   Args:
@@ -45,39 +45,20 @@ def decode_frame(source: str | bytes, name: str, height: int, width: int) -> np.
     height, width: output size in pixels.
 
   Returns:
-    uint8 `[height, width, 3]` RGB.
+    The decoded RGB image.
 
   Raises:
     DatasetError: the file is missing, truncated or not an image; the message names `name`.
   """
   try:
     with PIL.Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-      image = image.convert('RGB')
+      image = image.convert('RGB') if image.mode != 'RGB' else image
+      image.load()
       if image.size != (width, height):
         image = image.resize((width, height), PIL.Image.BILINEAR)
-      return np.asarray(image)
+      return image
   except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for missing/truncated/unknown files.
     raise DatasetError(f'{name}: cannot decode image ({e}); expected a readable PNG/JPEG frame') from e
-
-
-def load_clip(frames: Sequence[Any], names: Sequence[str], indices: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Decodes the frames `indices` of a tracklet (each distinct frame once).
-
-  Args:
-    frames: the tracklet's frames (paths or encoded bytes) in temporal order.
-    names: the frames' names for error messages, same length.
-    indices: int `[T]` frame indices (repeats allowed).
-    height, width: output size.
-
-  Returns:
-    uint8 `[T, height, width, 3]`.
-
-  Raises:
-    DatasetError: as `decode_frame`.
-  """
-  unique, inverse = np.unique(indices, return_inverse=True)
-  decoded = np.stack([decode_frame(frames[i], names[i], height, width) for i in unique])
-  return decoded[inverse.reshape(-1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,27 +118,56 @@ def draw_augmentation(rng: np.random.Generator, height: int, width: int, config:
   return ClipAugmentation(top, left, flip, erase)
 
 
-def augment_clip(clip: np.ndarray, params: ClipAugmentation, pad: int) -> np.ndarray:
-  """Applies pad + crop, flip and erasing identically to every frame.
+def crop_and_flip(image: PIL.Image.Image, params: ClipAugmentation, pad: int) -> PIL.Image.Image:
+  """Zero-pads `pad` pixels, crops the frame size at (top, left) of the padded frame, then flips if drawn.
 
-  Args:
-    clip: uint8 `[T, H, W, 3]`.
-    params: the clip's draws.
-    pad: zero padding (pixels) the crop offsets refer to.
-
-  Returns:
-    uint8 `[T, H, W, 3]`, a new array.
+  PIL's crop fills the part of the box outside the image with zeros, which is exactly the zero padding.
   """
-  _, height, width, _ = clip.shape
-  padded = np.pad(clip, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  out = padded[:, params.top:params.top + height, params.left:params.left + width]
-  if params.flip:
-    out = out[:, :, ::-1]
-  out = np.ascontiguousarray(out)
+  width, height = image.size
+  x0, y0 = params.left - pad, params.top - pad
+  image = image.crop((x0, y0, x0 + width, y0 + height))
+  return image.transpose(PIL.Image.FLIP_LEFT_RIGHT) if params.flip else image
+
+
+def erase(clip: np.ndarray, params: ClipAugmentation) -> np.ndarray:
+  """Fills the drawn rectangle of every frame of uint8 `[T, H, W, 3]` with MEAN_PIXEL, in place; returns clip."""
   if params.erase is not None:
     y, x, h, w = params.erase
-    out[:, y:y + h, x:x + w] = MEAN_PIXEL
-  return out
+    clip[:, y:y + h, x:x + w] = MEAN_PIXEL
+  return clip
+
+
+def load_clip(
+    frames: Sequence[Any],
+    names: Sequence[str],
+    indices: np.ndarray,
+    height: int,
+    width: int,
+    augment: tuple[ClipAugmentation, int] | None = None,
+) -> np.ndarray:
+  """Decodes the frames `indices` of a tracklet (each distinct frame once), optionally cropped and flipped.
+
+  Args:
+    frames: the tracklet's frames (paths or encoded bytes) in temporal order.
+    names: the frames' names for error messages, same length.
+    indices: int `[T]` frame indices (repeats allowed).
+    height, width: output size.
+    augment: (params, pad) to apply `crop_and_flip` to every frame, or None (resize only).
+
+  Returns:
+    uint8 `[T, height, width, 3]`.
+
+  Raises:
+    DatasetError: as `open_frame`.
+  """
+  indices = np.asarray(indices)
+  clip = np.empty((len(indices), height, width, 3), np.uint8)
+  for i in np.unique(indices):
+    image = open_frame(frames[i], names[i], height, width)
+    if augment is not None:
+      image = crop_and_flip(image, *augment)
+    clip[indices == i] = np.asarray(image)
+  return clip
 
 
 class TrainClip(grain.transforms.RandomMap):
@@ -171,12 +181,13 @@ class TrainClip(grain.transforms.RandomMap):
     self.seq_len, self.height, self.width, self.augment = seq_len, height, width, augment
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """RRS frame choice, decode + resize, then `draw_augmentation` / `augment_clip` (same rng, in order)."""
+    """RRS frame choice, then `draw_augmentation` (same rng, in that order), decode + augment every frame."""
     indices = sampling.rrs_train(len(element['frames']), self.seq_len, rng)
-    clip = load_clip(element['frames'], element['names'], indices, self.height, self.width)
     params = draw_augmentation(rng, self.height, self.width, self.augment)
+    clip = load_clip(element['frames'], element['names'], indices, self.height, self.width,
+                     (params, self.augment.pad))
     return {
-        'clips': augment_clip(clip, params, self.augment.pad),
+        'clips': erase(clip, params),
         'pids': np.int32(element['pid']),
         'camids': np.int32(element['camid']),
     }
