@@ -70,4 +70,43 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 10
   config.checkpoint_every_epochs = 10
   config.max_checkpoints = 3
+  config.stop_at_step = 0  # save a checkpoint and stop at this global step (rerun to resume); 0 = off
   return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks `config` in place to a CPU smoke run of a couple of minutes, returning it (the `:smoke` variant).
+
+  Full LSTRL (MAE and BME at layer2/layer3) on a ResNet-18 backbone, 64x32 frames, T=4, P=4 x K=2 clips,
+  3 epochs with an RRS evaluation after every epoch and a dense one at the end. Exercises every code path;
+  the numbers it reaches say nothing about the paper's.
+  """
+  config.seq_len = 4
+  config.height = 64
+  config.width = 32
+  config.num_identities = 4
+  config.num_instances = 2
+  config.num_workers = 0
+  config.augment.pad = 4
+  config.model.depth = 18
+  config.num_epochs = 3
+  config.warmup_epochs = 1
+  config.decay_every_epochs = 2
+  config.eval_every_epochs = 1
+  config.eval_batch_size = 16
+  config.log_every_steps = 2
+  config.checkpoint_every_epochs = 1
+  return config
+
+
+def variant(config: ml_collections.ConfigDict, arg: str | None, path: str) -> ml_collections.ConfigDict:
+  """Applies the variant named after the config path (`configs/x.py:<arg>`): none or 'smoke'.
+
+  Raises:
+    ValueError: an unknown variant, naming `path`.
+  """
+  if not arg:
+    return config
+  if arg == 'smoke':
+    return smoke(config)
+  raise ValueError(f'{path}:{arg}: unknown config variant; expected {path} or {path}:smoke')

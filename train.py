@@ -1,0 +1,37 @@
+"""Trains and evaluates LSTRL: `python train.py --config configs/mars.py --workdir runs/mars`.
+
+Flags: `--config` a config file (configs/*.py, optionally `:smoke`), with `--config.<key>=<value>`
+overrides (the config is locked: a mistyped key is an error); `--workdir` the run directory, where a
+rerun resumes from the latest checkpoint. Everything else happens in
+`lstrl_jax.train.trainer.train_and_evaluate`. A bad dataset, config value or checkpoint, or a diverged loss,
+prints one line on stderr and exits with status 1.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from lstrl_jax.train import checkpoint
+from lstrl_jax.train import trainer
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, checkpoint.CheckpointError, trainer.NonFiniteLossError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
+  if summary['completed']:
+    print(f'results written to {_WORKDIR.value}/results.json')
+
+
+if __name__ == '__main__':
+  app.run(main)
