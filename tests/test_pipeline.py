@@ -34,7 +34,8 @@ def dataset(tmp_path_factory):
     for cam, n in enumerate(lengths):
       train.append(Tracklet(_write_tracklet(root / 'train' / f'{pid}_{cam}', rng, n), pid, cam))
       test.append(Tracklet(_write_tracklet(root / 'test' / f'{pid}_{cam}', rng, n + 2), 100 + pid, cam))
-  return VideoReIDDataset('tiny', tuple(train), tuple(test), np.arange(0, 14, 2), {'cross_camera': np.arange(1, 14, 2)})
+  galleries = {'cross_camera': np.arange(1, 14, 2)}
+  return VideoReIDDataset('tiny', tuple(train), tuple(test), np.arange(0, 14, 2), galleries)
 
 
 def _config(**overrides):

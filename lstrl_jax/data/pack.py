@@ -19,7 +19,8 @@ from ml_collections import config_flags
 from lstrl_jax.data.index import DatasetError
 from lstrl_jax.data.tfds import builders
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (dataset, data_dir, split, packed_dir).')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/default.py', 'Config file (dataset, data_dir, split, packed_dir).')
 _ALL_SPLITS = flags.DEFINE_bool('all_splits', False, 'Pack all 10 splits (iLIDS-VID, PRID-2011, demo).')
 
 

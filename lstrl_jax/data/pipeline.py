@@ -30,8 +30,9 @@ import numpy as np
 
 from lstrl_jax.data import sampling
 from lstrl_jax.data import transforms
-from lstrl_jax.data.index import Tracklet, VideoReIDDataset
+from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 from lstrl_jax.data.sampler import IdentitySampler
+from lstrl_jax.data.tfds import builders
 
 
 class FolderTracklets:
@@ -55,7 +56,7 @@ class FolderTracklets:
 class PackedTracklets:
   """grain data source over one split of a packed dataset: element i = tracklet i's encoded frames."""
 
-  def __init__(self, builder: Any, split: str):
+  def __init__(self, builder: builders.VideoReIDBuilder, split: str):
     self._source = builder.as_data_source(split=split)
     self._label = f'{builder.data_dir}:{split}'
 
@@ -80,11 +81,10 @@ def _tracklet_source(dataset: VideoReIDDataset, config: ml_collections.ConfigDic
   tracklets = getattr(dataset, split)
   if not config.packed_dir:
     return FolderTracklets(tracklets, f'{dataset.name}:{split}')
-  from lstrl_jax.data.tfds import builders  # pylint: disable=g-import-not-at-top (TFDS only when packed)
   source = PackedTracklets(builders.open_packed(dataset, config.packed_dir), split)
   if len(source) != len(tracklets):
-    raise builders.DatasetError(f'{config.packed_dir}: packed {split} split holds {len(source)} tracklets, the '
-                                f'index {len(tracklets)}; repack with {builders.PACK_COMMAND}')
+    raise DatasetError(f'{config.packed_dir}: packed {split} split holds {len(source)} tracklets, the '
+                       f'index {len(tracklets)}; repack with {builders.PACK_COMMAND}')
   return source
 
 
@@ -151,7 +151,9 @@ def train_loader(
       worker_count=config.num_workers,
       worker_buffer_size=2,
       shard_options=grain.sharding.NoSharding(),  # the sampler slices each global batch itself
-      read_options=grain.ReadOptions(num_threads=4 if config.packed_dir else 0, prefetch_buffer_size=sampler.host_batch),
+      # Folder elements are in-memory paths (no reader threads); packed records are read ahead by 4 threads.
+      read_options=grain.ReadOptions(num_threads=4 if config.packed_dir else 0,
+                                     prefetch_buffer_size=sampler.host_batch),
   )
 
 

@@ -85,7 +85,8 @@ class VideoReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = pathlib.Path(dl_manager.manual_dir)
     dataset = load_dataset(self.READER, root, split=self.split_index)
     self.info.metadata['fingerprint'] = index_fingerprint(dataset)
-    return {'train': self._generate_examples(dataset.train, root), 'test': self._generate_examples(dataset.test, root)}
+    return {'train': self._generate_examples(dataset.train, root),
+            'test': self._generate_examples(dataset.test, root)}
 
   def _generate_examples(self, tracklets: Sequence[Tracklet], root: pathlib.Path) -> Iterator[tuple[int, dict]]:
     """Yields (position, example) with every frame's bytes read as stored.
