@@ -57,7 +57,8 @@ def test_prid_random_splits(prid):
     assert len(test_pids) == 1 and len(train_folders) == 2
     assert sorted(train_folders + [f'person_{test_pids[0]:04d}']) == ['person_0001', 'person_0002', 'person_0003']
     assert [ds.test[i].pid for i in ds.galleries['cross_camera']] == test_pids
-    assert [ds.test[i].camid for i in ds.query] == [0] and [ds.test[i].camid for i in ds.galleries['cross_camera']] == [1]
+    assert [ds.test[i].camid for i in ds.query] == [0]
+    assert [ds.test[i].camid for i in ds.galleries['cross_camera']] == [1]
     assert [(t.pid, t.camid) for t in ds.train] == [(0, 0), (0, 1), (1, 0), (1, 1)]
   assert len({ds.test[0].pid for ds in splits}) > 1  # the splits differ
   again = load_dataset('prid', prid, split=3)

