@@ -26,10 +26,10 @@ class Tracklet:
   """One tracklet: the frames of one person seen by one camera.
 
   Attributes:
-      frames: frame file paths in temporal order (sorted by frame number, never raw directory order).
-      pid: person identity. Training tracklets carry relabelled pids 0..N-1 (sorted order of the original
-    ids); test tracklets carry the original ids, with -1 for junk and 0 for distractors on MARS.
-      camid: camera index, 0-based.
+    frames: frame file paths in temporal order (sorted by frame number, never raw directory order).
+    pid: person identity. Training tracklets carry relabelled pids 0..N-1 (sorted order of the original
+      ids); test tracklets carry the original ids, with -1 for junk and 0 for distractors on MARS.
+    camid: camera index, 0-based.
   """
 
   frames: tuple[str, ...]
@@ -42,13 +42,13 @@ class VideoReIDDataset:
   """A dataset under one protocol (and, for iLIDS-VID and PRID-2011, one split).
 
   Attributes:
-      name: dataset name, e.g. 'mars', 'ilidsvid'.
-      train: training tracklets, pids relabelled 0..num_train_pids-1.
-      test: every tracklet whose feature the evaluator extracts (query and gallery draw from it).
-      query: int64 `[Q]` indices into `test`.
-      galleries: scoring convention name -> int64 `[G]` indices into `test`. MARS has 'paper',
-    'torchreid' and 'official'; the other datasets have 'cross_camera'.
-      split: split index for datasets with several splits (iLIDS-VID, PRID-2011), else 0.
+    name: dataset name, e.g. 'mars', 'ilidsvid'.
+    train: training tracklets, pids relabelled 0..num_train_pids-1.
+    test: every tracklet whose feature the evaluator extracts (query and gallery draw from it).
+    query: int64 `[Q]` indices into `test`.
+    galleries: scoring convention name -> int64 `[G]` indices into `test`. MARS has 'paper',
+      'torchreid' and 'official'; the other datasets have 'cross_camera'.
+    split: split index for datasets with several splits (iLIDS-VID, PRID-2011), else 0.
   """
 
   name: str
