@@ -23,15 +23,19 @@ def pku2cam(shared_data):
   return shared_data / 'pku2cam'
 
 
+def _pack_command(data_dir, packed_dir):
+  return subprocess.run(
+      [sys.executable, '-m', 'lstrl_jax.data.pack', '--config.dataset=ilidsvid', f'--config.data_dir={data_dir}',
+       f'--config.packed_dir={packed_dir}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+      env={**os.environ, 'PYTHONPATH': str(REPO)})
+
+
 @pytest.fixture(scope='module')
 def packed_dir(pku2cam, tmp_path_factory):
   """pku2cam (iLIDS-VID layout) split 0 packed by the command line, into a temporary directory."""
   out = tmp_path_factory.mktemp('packed')
-  result = subprocess.run(
-      [sys.executable, '-m', 'lstrl_jax.data.pack', '--config.dataset=ilidsvid', f'--config.data_dir={pku2cam}',
-       f'--config.packed_dir={out}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
-      env={**os.environ, 'PYTHONPATH': str(REPO)})
+  result = _pack_command(pku2cam, out)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().endswith(str(out / 'ilidsvid' / 'split0' / '1.0.0'))
   return out
@@ -93,3 +97,10 @@ def test_packed_data_that_does_not_match_is_refused(pku2cam, packed_dir):
     pipeline.test_loader(edited, _config(packed_dir), clip_selection='rrs', shard_count=1)
   with pytest.raises(DatasetError, match="dataset 'nope': no packed format"):
     builders.make_builder('nope', 0, packed_dir)
+
+
+def test_pack_command_bad_root_is_one_line_and_writes_nothing(tmp_path):
+  result = _pack_command(tmp_path / 'missing', tmp_path / 'packed')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path / "missing"}: directory not found')
+  assert not (tmp_path / 'packed').exists()

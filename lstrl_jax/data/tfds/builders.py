@@ -190,6 +190,7 @@ def pack(name: str, root: str | os.PathLike, packed_dir: str | os.PathLike, spli
     DatasetError: from the reader (bad root or layout) or an unreadable frame.
   """
   builder = make_builder(name, split, packed_dir)
+  load_dataset(name, root, split=split)  # a bad root or layout fails here, before TFDS writes anything
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root)))
   return os.fspath(builder.data_dir)
 
