@@ -11,13 +11,11 @@ Import from the repository root (`python -m benchmarks.model_throughput`, `pytho
 
 from typing import Any, Mapping
 
-from flax import traverse_util
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lstrl_jax.models.weights import HWIO_TO_OIHW, torch_key
 from tests.torch_resnet import ResNet
 
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck width of layer1..layer4 (output width / expansion)
@@ -140,33 +138,44 @@ class LSTRL(nn.Module):
     return {'features': f, 'bn_features': f_bn, 'logits': self.classifier(f_bn)}
 
 
-def state_dict_from_flax(variables: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-  """PyTorch `LSTRL.state_dict()` entries (without `num_batches_tracked`) from Flax LSTRL variables.
+def state_dict_from_flax(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """PyTorch `LSTRL.state_dict()` entries (without `num_batches_tracked`), float32 numpy, from Flax variables.
 
   Names: Flax path components become dotted keys (`layer1_0` -> `layer1.0`, kernel/scale -> weight,
   mean/var -> running_mean/running_var, see `lstrl_jax.models.weights.torch_key`); convolution kernels go
   HWIO -> OIHW, the classifier kernel `[D, N]` -> weight `[N, D]`.
   """
+  # Imported here so that the PyTorch model above loads without JAX (the benchmark's PyTorch process).
+  from flax import traverse_util
+  from lstrl_jax.models.weights import HWIO_TO_OIHW, torch_key
+
   state = {}
   for collection in ('params', 'batch_stats'):
     for path, value in traverse_util.flatten_dict(dict(variables[collection])).items():
-      value = np.array(value, np.float32)
+      value = np.asarray(value, np.float32)
       if value.ndim == 4:
         value = value.transpose(HWIO_TO_OIHW)
       elif value.ndim == 2:
         value = value.T
-      state[torch_key(collection, path)] = torch.from_numpy(np.ascontiguousarray(value))
+      state[torch_key(collection, path)] = np.ascontiguousarray(value)
   return state
 
 
-def load_flax_variables_(model: LSTRL, variables: Mapping[str, Any]) -> LSTRL:
-  """Copies Flax LSTRL variables into `model` in place; returns it.
+def load_state_dict_(model: LSTRL, state: Mapping[str, np.ndarray]) -> LSTRL:
+  """Copies a `state_dict_from_flax` dict into `model` in place; returns it.
 
   Raises:
     ValueError: the two parameter sets differ (every missing and unexpected key named).
+    RuntimeError: a shape differs (from `torch.nn.Module.load_state_dict`).
   """
-  result = model.load_state_dict(state_dict_from_flax(variables), strict=False)
+  tensors = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}
+  result = model.load_state_dict(tensors, strict=False)
   missing = [k for k in result.missing_keys if not k.endswith('num_batches_tracked')]
   if missing or result.unexpected_keys:
     raise ValueError(f'Flax -> PyTorch LSTRL: missing {missing}, unexpected {result.unexpected_keys}')
   return model
+
+
+def load_flax_variables_(model: LSTRL, variables: Mapping[str, Any]) -> LSTRL:
+  """Copies Flax LSTRL variables into `model` in place; returns it. Raises as `load_state_dict_`."""
+  return load_state_dict_(model, state_dict_from_flax(variables))

@@ -1,0 +1,258 @@
+"""Forward and train-step milliseconds per frame and peak memory of the full LSTRL, JAX vs PyTorch, in one run.
+
+  python -m benchmarks.model_throughput --batch 2 --seq_len 4 --height 256 --width 128 --dtype float32
+
+Run from the repository root. Each (framework, phase) pair runs in its own subprocess, so the peak resident
+memory (`resource.getrusage(...).ru_maxrss`, which includes the framework's own libraries) belongs to that
+measurement alone. Phases, both fed uint8 clips `[B, T, H, W, 3]` normalised inside the timed call:
+  forward: eval-mode network (`train=False`), jitted in JAX, `torch.inference_mode()` in PyTorch;
+  train:   forward + label-smoothed CE + batch-hard triplet + backward + Adam update. JAX runs the trainer's
+           own step (`lstrl_jax.train.trainer.make_train_step`: jitted, state donated); PyTorch the same
+           objective and `torch.optim.Adam(weight_decay=5e-4)` on `benchmarks/torch_lstrl.py`.
+PyTorch uses channels_last frames and weights; `--dtype bfloat16` means the Flax model's compute dtype and
+`torch.autocast('cpu', torch.bfloat16)`. Both models hold the same weights (Flax -> PyTorch transfer).
+The reported time is the median over `--repeats` calls after `--warmup` calls (JAX: compile + warm-up).
+XLA options come from the environment (`XLA_FLAGS`), which the subprocesses inherit and the report prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+FRAMEWORKS = ('jax', 'torch')
+PHASES = ('forward', 'train')
+LABEL_SMOOTHING, TRIPLET_MARGIN, LEARNING_RATE, WEIGHT_DECAY = 0.1, 0.3, 3e-4, 5e-4
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch', type=int, default=2, help='clips per step (B)')
+  parser.add_argument('--seq_len', type=int, default=4, help='frames per clip (T)')
+  parser.add_argument('--height', type=int, default=256)
+  parser.add_argument('--width', type=int, default=128)
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+  parser.add_argument('--depth', type=int, default=50)
+  parser.add_argument('--num_classes', type=int, default=625, help='classifier outputs (MARS: 625)')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--frameworks', default='jax,torch', help='comma-separated subset of jax,torch')
+  parser.add_argument('--child', default='', help=argparse.SUPPRESS)  # 'framework:phase', internal
+  parser.add_argument('--weights', default='', help=argparse.SUPPRESS)  # Flax weights for the torch child
+  args = parser.parse_args(argv)
+  if args.batch < 1 or args.seq_len < 1 or args.repeats < 1 or args.warmup < 1:
+    parser.error('--batch, --seq_len, --repeats and --warmup must be positive')
+  return args
+
+
+def example_batch(args: argparse.Namespace):
+  """Random uint8 clips `[B, T, H, W, 3]` and int32 pids `[B]` (pairs of clips share a pid when B >= 4)."""
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  clips = rng.integers(0, 256, (args.batch, args.seq_len, args.height, args.width, 3), dtype=np.uint8)
+  pids = (np.arange(args.batch) // (2 if args.batch >= 4 else 1)).astype(np.int32)
+  return clips, pids
+
+
+def time_calls(call, args: argparse.Namespace) -> float:
+  """Median seconds of `call()` (which must block until its result exists) after `args.warmup` calls."""
+  for _ in range(args.warmup):
+    call()
+  times = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def flax_model(args: argparse.Namespace):
+  """The Flax LSTRL of `args` (compute dtype `args.dtype`, float32 parameters)."""
+  from lstrl_jax.models import lstrl
+
+  return lstrl.model_from_config(
+      dict(depth=args.depth, last_stride=1, mae_stages=(2, 3), mae_granularities=(True,) * 4, bme_stages=(2, 3),
+           bme_mode='global_to_local', bme_bidirectional=True, dtype=args.dtype), args.num_classes)
+
+
+def flax_variables(model, args: argparse.Namespace):
+  """float32 variables of `model` from its initialiser (seed 0)."""
+  import jax
+  import jax.numpy as jnp
+
+  clips = jnp.zeros((1, args.seq_len, args.height, args.width, 3))
+  return jax.jit(lambda key: model.init(key, clips, train=False))(jax.random.key(0))
+
+
+def run_jax(args: argparse.Namespace, phase: str) -> float:
+  """Seconds per call of the JAX `phase`."""
+  import jax
+
+  from configs import default
+  from lstrl_jax import sharding
+  from lstrl_jax.data import pipeline
+  from lstrl_jax.models import lstrl
+  from lstrl_jax.train import optim
+  from lstrl_jax.train import state as state_lib
+  from lstrl_jax.train import trainer
+
+  model = flax_model(args)
+  clips, pids = example_batch(args)
+  if phase == 'forward':
+    variables = flax_variables(model, args)
+    forward = jax.jit(lambda v, x: model.apply(v, pipeline.normalize(x), train=False)['bn_features'])
+    clips = jax.device_put(clips)
+    return time_calls(lambda: forward(variables, clips).block_until_ready(), args)
+  config = default.get_config()
+  config.seq_len, config.height, config.width = args.seq_len, args.height, args.width
+  config.num_identities, config.num_instances = args.batch, 1
+  mesh = sharding.make_mesh()
+  tx = optim.make_optimizer(config, steps_per_epoch=1, trainable_mask=lstrl.trainable_mask)
+  state = state_lib.create_train_state(model, config, tx, jax.random.key(0), mesh)
+  step = trainer.make_train_step(config, optim.learning_rate_schedule(config, 1), mesh)
+  batch = sharding.shard_batch({'clips': clips, 'pids': pids}, mesh)
+  holder = [state]
+
+  def train_call():
+    holder[0], metrics = step(holder[0], batch)
+    metrics['loss'].block_until_ready()
+
+  return time_calls(train_call, args)
+
+
+def run_torch(args: argparse.Namespace, phase: str) -> float:
+  """Seconds per call of the PyTorch `phase` (same network and weights as the JAX side, channels_last)."""
+  import contextlib
+
+  import torch
+  from torch.nn import functional as F
+
+  from benchmarks import torch_lstrl
+
+  from safetensors.numpy import load_file
+
+  model = torch_lstrl.LSTRL(args.num_classes, args.seq_len, depth=args.depth)
+  model = torch_lstrl.load_state_dict_(model, load_file(args.weights)).to(memory_format=torch.channels_last)
+  clips, pids = (torch.from_numpy(a) for a in example_batch(args))
+  pids = pids.long()
+  mean = torch.tensor(IMAGENET_MEAN) * 255.0
+  std = torch.tensor(IMAGENET_STD) * 255.0
+  autocast = (torch.autocast('cpu', dtype=torch.bfloat16) if args.dtype == 'bfloat16'
+              else contextlib.nullcontext())
+
+  def forward():
+    # [B, T, H, W, 3] -> [B, T, 3, H, W]; flattening B, T later gives channels_last frames without a copy.
+    with autocast:
+      return model(((clips.float() - mean) / std).permute(0, 1, 4, 2, 3))
+
+  if phase == 'forward':
+    model.eval()
+    with torch.inference_mode():
+      return time_calls(forward, args)
+  model.train()
+  optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE,
+                               weight_decay=WEIGHT_DECAY)
+
+  def train_call():
+    outputs = forward()
+    loss = (F.cross_entropy(outputs['logits'].float(), pids, label_smoothing=LABEL_SMOOTHING)
+            + batch_hard_triplet(outputs['features'].float(), pids, TRIPLET_MARGIN))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+  return time_calls(train_call, args)
+
+
+def batch_hard_triplet(features, pids, margin: float):
+  """Batch-hard triplet loss in PyTorch (Hermans et al. 2017), as `lstrl_jax.train.losses.batch_hard_triplet`."""
+  import torch
+
+  squared = (features[:, None] - features[None]).pow(2).sum(-1)
+  distances = squared.clamp(min=1e-12).sqrt()
+  same = pids[:, None] == pids[None]
+  positive = distances.masked_fill(~same, float('-inf')).amax(1)
+  negative = distances.masked_fill(same, float('inf')).amin(1)
+  return torch.relu(positive - negative + margin).mean()
+
+
+def save_torch_weights(args: argparse.Namespace, path: str) -> None:
+  """Writes the Flax model's initial variables, in PyTorch names and layout, to a .safetensors `path`.
+
+  Done in the parent so that the PyTorch child never imports JAX (its peak memory stays its own).
+  """
+  from safetensors.numpy import save_file
+
+  from benchmarks import torch_lstrl
+
+  save_file(torch_lstrl.state_dict_from_flax(flax_variables(flax_model(args), args)), path)
+
+
+def child(args: argparse.Namespace) -> None:
+  """Measures one (framework, phase) and prints one JSON line."""
+  framework, phase = args.child.split(':')
+  seconds = (run_jax if framework == 'jax' else run_torch)(args, phase)
+  frames = args.batch * args.seq_len
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps({'framework': framework, 'phase': phase, 'ms_per_frame': 1e3 * seconds / frames,
+                    'peak_rss_mib': peak_mib}))
+
+
+def machine() -> str:
+  """CPU model, core count and load average, e.g. 'AMD EPYC, 2 cores, load 5.1 4.8 3.9'."""
+  model = platform.processor() or platform.machine()
+  with open('/proc/cpuinfo') as f:
+    names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+  model = names[0] if names else model
+  return f'{model}, {os.cpu_count()} cores, load {" ".join(f"{x:.1f}" for x in os.getloadavg())}'
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  if args.child:
+    child(args)
+    return 0
+  frameworks = [f for f in args.frameworks.split(',') if f]
+  if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
+    print(f'--frameworks: expected a comma-separated subset of {FRAMEWORKS}, got {args.frameworks!r}')
+    return 2
+  print(f'machine: {machine()}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  print(f'LSTRL ResNet-{args.depth}, B={args.batch} T={args.seq_len} {args.height}x{args.width} {args.dtype}, '
+        f'median of {args.repeats} after {args.warmup} warm-up calls')
+  results = {}
+  with tempfile.TemporaryDirectory() as workdir:
+    weights = os.path.join(workdir, 'lstrl.safetensors')
+    if 'torch' in frameworks:
+      save_torch_weights(args, weights)
+    for framework in frameworks:
+      for phase in PHASES:
+        command = [sys.executable, '-m', 'benchmarks.model_throughput', *(argv or sys.argv[1:]),
+                   '--child', f'{framework}:{phase}', '--weights', weights]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+          print(f'{framework} {phase} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}')
+          return 1
+        results[framework, phase] = json.loads(done.stdout.strip().splitlines()[-1])
+        row = results[framework, phase]
+        print(f'{framework:5s} {phase:7s} {row["ms_per_frame"]:8.1f} ms/frame  '
+              f'peak RSS {row["peak_rss_mib"]:7.0f} MiB')
+  if len(frameworks) == 2:
+    for phase in PHASES:
+      ratio = results['jax', phase]['ms_per_frame'] / results['torch', phase]['ms_per_frame']
+      print(f'JAX/PyTorch {phase}: {ratio:.2f}x time')
+  print(f'load after: {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
