@@ -53,7 +53,9 @@ def _reference(f, omega1, omega2, scale, bias, granularities):
 
 
 # T=4 with a 2x2 map: hw == T, so A2 and A3 (same length) must still be repeated along different axes.
-@pytest.mark.parametrize('granularities', [(True, True, True, True), (False, True, True, False), (False, False, False, True)])
+@pytest.mark.parametrize(
+    'granularities', [(True, True, True, True), (False, True, True, False), (False, False, False, True)]
+)
 def test_mae_matches_numpy_reference(granularities):
   rng = np.random.default_rng(1)
   f = rng.standard_normal((2, 4, 2, 2, 8)).astype(np.float32)
@@ -88,7 +90,8 @@ def test_output_is_zero_at_initialisation_and_dependency_maps_are_sown():
       'D1': (2, thw, thw), 'D2': (2, 8, thw), 'D3': (2, 3, thw), 'D4': (2, 1, thw)}
   x1 = np.asarray(f.reshape(2, thw, 8) @ np.asarray(variables['params']['omega1']['kernel'])[0, 0])
   np.testing.assert_allclose(sown['D1'], _softmax(x1 @ x1.transpose(0, 2, 1)), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(sown['D4'][:, 0], _softmax(np.einsum('bc,bsc->bs', x1.mean(1), x1)), rtol=1e-4, atol=1e-6)
+  d4 = _softmax(np.einsum('bc,bsc->bs', x1.mean(1), x1))
+  np.testing.assert_allclose(sown['D4'][:, 0], d4, rtol=1e-4, atol=1e-6)
 
 
 def test_explicit_maps_are_only_computed_when_intermediates_are_mutable():
