@@ -69,7 +69,14 @@ class BME(nn.Module):
 
   @nn.compact
   def __call__(self, f: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Args: f `[B, T, h, w, C]`; train: BatchNorm uses batch statistics. Returns F^m, same shape, `dtype`.
+    """Computes F^m.
+
+    Args:
+      f: clip feature map F `[B, T, h, w, C]`.
+      train: BatchNorm normalises with batch statistics and updates 'batch_stats'.
+
+    Returns:
+      F^m `[B, T, h, w, C]` in `dtype`, non-negative. Sows M_f (and M_b) into 'intermediates'.
 
     Raises:
       ValueError: unknown `mode` or odd C.

@@ -97,7 +97,14 @@ class MAE(nn.Module):
 
   @nn.compact
   def __call__(self, f: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Args: f `[B, T, h, w, C]`; train: BatchNorm uses batch statistics. Returns F^a, same shape, `dtype`.
+    """Computes F^a.
+
+    Args:
+      f: clip feature map F `[B, T, h, w, C]`.
+      train: BatchNorm normalises with batch statistics and updates 'batch_stats'.
+
+    Returns:
+      F^a `[B, T, h, w, C]` in `dtype`. Sows D1..D4 when 'intermediates' is mutable.
 
     Raises:
       ValueError: C is not divisible by 4, or no granularity is enabled.
