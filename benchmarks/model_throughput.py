@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--frameworks', default='jax,torch', help='comma-separated subset of jax,torch')
+  parser.add_argument('--phases', default='forward,train', help='comma-separated subset of forward,train')
   parser.add_argument('--child', default='', help=argparse.SUPPRESS)  # 'framework:phase', internal
   parser.add_argument('--weights', default='', help=argparse.SUPPRESS)  # Flax weights for the torch child
   args = parser.parse_args(argv)
@@ -223,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     child(args)
     return 0
   frameworks = [f for f in args.frameworks.split(',') if f]
-  if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
-    print(f'--frameworks: expected a comma-separated subset of {FRAMEWORKS}, got {args.frameworks!r}')
-    return 2
+  phases = [p for p in args.phases.split(',') if p]
+  for flag, chosen, allowed in (('frameworks', frameworks, FRAMEWORKS), ('phases', phases, PHASES)):
+    if not chosen or any(c not in allowed for c in chosen):
+      print(f'--{flag}: expected a comma-separated subset of {",".join(allowed)}, got {getattr(args, flag)!r}')
+      return 2
   print(f'machine: {machine()}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   print(f'LSTRL ResNet-{args.depth}, B={args.batch} T={args.seq_len} {args.height}x{args.width} {args.dtype}, '
         f'median of {args.repeats} after {args.warmup} warm-up calls')
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if 'torch' in frameworks:
       save_torch_weights(args, weights)
     for framework in frameworks:
-      for phase in PHASES:
+      for phase in phases:
         command = [sys.executable, '-m', 'benchmarks.model_throughput', *(argv or sys.argv[1:]),
                    '--child', f'{framework}:{phase}', '--weights', weights]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{framework:5s} {phase:7s} {row["ms_per_frame"]:8.1f} ms/frame  '
               f'peak RSS {row["peak_rss_mib"]:7.0f} MiB')
   if len(frameworks) == 2:
-    for phase in PHASES:
+    for phase in phases:
       ratio = results['jax', phase]['ms_per_frame'] / results['torch', phase]['ms_per_frame']
       print(f'JAX/PyTorch {phase}: {ratio:.2f}x time')
   print(f'load after: {" ".join(f"{x:.1f}" for x in os.getloadavg())}')

@@ -1,6 +1,8 @@
 """ImageNet weight import: a random torchvision-layout ResNet saved as .pth and as timm .safetensors, loaded into
 the Flax backbone, must give the PyTorch model's features; mismatching files fail with every problem named."""
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 
 from lstrl_jax.models import resnet
 from lstrl_jax.models import weights
-import torch_resnet
+from tests import torch_resnet
 
 HEIGHT, WIDTH, BATCH = 64, 32, 2
 
@@ -120,3 +122,11 @@ def test_nested_checkpoint_is_refused(tmp_path):
   torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}, 'epoch': 3}, path)
   with pytest.raises(weights.WeightImportError, match='flat state dict'):
     weights.read_state_dict(path)
+
+
+def test_pth_without_torch_suggests_safetensors(tmp_path, monkeypatch):
+  path = tmp_path / 'resnet50.pth'
+  path.write_bytes(b'x')
+  monkeypatch.setitem(sys.modules, 'torch', None)  # makes `import torch` raise ImportError
+  with pytest.raises(weights.WeightImportError, match=r'needs torch .*safetensors'):
+    weights.read_state_dict(str(path))

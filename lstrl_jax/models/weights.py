@@ -18,7 +18,8 @@ names its PyTorch key (a `_<digits>` suffix becomes `.<digits>`) and:
 Ignored by design: `*.num_batches_tracked` (PyTorch's momentum=None bookkeeping, no Flax counterpart) and
 `fc.*` (the 1000-class ImageNet classifier; LSTRL has its own BNNeck and classifier). Everything else is strict:
 every backbone leaf must be in the file, every other key in the file is an error, shapes must match; all
-problems are reported at once in one `WeightImportError`. Any depth works when the file matches the model
+problems are reported at once in one `WeightImportError` (`import_backbone` does the same for a state dict
+already in memory). Any depth works when the file matches the model
 (a resnet18 file for `depth=18`). MAE, BME, BNNeck and classifier keep their initial values.
 
 Safety: `.pth` files are read with `torch.load(..., weights_only=True)` (no arbitrary unpickling); torch is
@@ -38,7 +39,7 @@ from flax import traverse_util
 PTH_SUFFIXES = ('.pth', '.pt', '.bin')
 SAFETENSORS_SUFFIX = '.safetensors'
 IGNORED_KEY = re.compile(r'(^fc\.|\.num_batches_tracked$)')
-# Flax leaf name -> (PyTorch parameter name, applies to a convolution kernel).
+# Flax leaf name -> PyTorch parameter name (kernel: convolution weight, scale: BatchNorm weight).
 LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 OIHW_TO_HWIO = (2, 3, 1, 0)
 HWIO_TO_OIHW = (3, 2, 0, 1)
