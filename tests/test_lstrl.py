@@ -77,7 +77,7 @@ def _initial_variables(shapes, seed):
 def tiny():
   """A ResNet-18 LSTRL on `[2, 4, 32, 16, 3]`: (model, clips, variables, train outputs, intermediates)."""
   model = LSTRL(10, depth=18)
-  clips = jax.random.normal(jax.random.key(1), (2, 4, 32, 16, 3))
+  clips = np.random.default_rng(1).standard_normal((2, 4, 32, 16, 3)).astype(np.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clips)
   variables = _initial_variables(shapes, seed=0)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats', 'intermediates']))
