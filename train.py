@@ -4,13 +4,15 @@ Flags: `--config` a config file (configs/*.py, optionally `:smoke`), with `--con
 overrides (the config is locked: a mistyped key is an error); `--workdir` the run directory, where a
 rerun resumes from the latest checkpoint. Everything else happens in
 `lstrl_jax.train.trainer.train_and_evaluate`. A bad dataset, config value or checkpoint, or a diverged loss,
-prints one line on stderr and exits with status 1.
+prints one line on stderr and exits with status 1. Library logging shows warnings and errors only
+(`--verbosity=0` for INFO).
 """
 
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from lstrl_jax.train import checkpoint
@@ -34,4 +36,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.FLAGS.set_default('verbosity', logging.WARNING)  # orbax and grain log every save at INFO
   app.run(main)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lstrl_jax.models import lstrl
 from lstrl_jax.train import optim
 
 
@@ -65,13 +66,13 @@ def test_adam_matches_torch_adam_with_weight_decay():
 
 def test_frozen_parameter_never_changes():
   config = _config(learning_rate=1.0, weight_decay=0.5, warmup_epochs=0)
-  tx = optim.make_optimizer(config, steps_per_epoch=1, is_frozen=lambda path: path[-2:] == ('neck', 'bias'))
-  params = {'neck': {'bias': jnp.zeros(3), 'scale': jnp.ones(3)}, 'dense': {'bias': jnp.full(3, 0.25)}}
+  tx = optim.make_optimizer(config, steps_per_epoch=1, trainable_mask=lstrl.trainable_mask)
+  params = {'bnneck': {'bias': jnp.zeros(3), 'scale': jnp.ones(3)}, 'dense': {'bias': jnp.full(3, 0.25)}}
   state = tx.init(params)
   for _ in range(3):
     grads = jax.tree.map(jnp.ones_like, params)
     updates, state = tx.update(grads, state, params)
     params = jax.tree.map(lambda p, u: p + u, params, updates)
-  assert np.array_equal(np.asarray(params['neck']['bias']), np.zeros(3))
-  assert not np.allclose(np.asarray(params['neck']['scale']), 1.0)
+  assert np.array_equal(np.asarray(params['bnneck']['bias']), np.zeros(3))
+  assert not np.allclose(np.asarray(params['bnneck']['scale']), 1.0)
   assert not np.allclose(np.asarray(params['dense']['bias']), 0.25)

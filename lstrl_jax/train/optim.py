@@ -62,14 +62,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 def make_optimizer(
     config: ml_collections.ConfigDict,
     steps_per_epoch: int,
-    is_frozen: Callable[[tuple[str, ...]], bool] = lambda path: False,
+    trainable_mask: Callable[[Params], Any] | None = None,
 ) -> optax.GradientTransformation:
   """PyTorch-style Adam with L2 weight decay on the warm-up/step-decay schedule.
 
   Args:
     config: reads weight_decay and the schedule keys (see `learning_rate_schedule`).
     steps_per_epoch: optimiser steps in one epoch.
-    is_frozen: given a parameter's path (tuple of module/parameter names), whether it must never change.
+    trainable_mask: maps params to a same-structured pytree of bools, False where a parameter must never
+      change (`lstrl_jax.models.lstrl.trainable_mask`: the BNNeck bias); None trains every parameter.
 
   Returns:
     an optax transformation; `update(grads, state, params)` needs `params` for the weight decay.
@@ -79,9 +80,10 @@ def make_optimizer(
       optax.adam(learning_rate_schedule(config, steps_per_epoch), b1=0.9, b2=0.999, eps=1e-8),
   )
 
+  if trainable_mask is None:
+    return adam
+
   def labels(params: Params) -> Params:
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: 'frozen' if is_frozen(tuple(k.key for k in path)) else 'trained', params
-    )
+    return jax.tree.map(lambda trained: 'trained' if trained else 'frozen', trainable_mask(params))
 
   return optax.multi_transform({'trained': adam, 'frozen': optax.set_to_zero()}, labels)
