@@ -42,12 +42,12 @@ class IdentitySampler:
   """grain Sampler over training tracklets: record i -> (global step, slot) -> tracklet index.
 
   Attributes:
-    pids: int `[N]` pid of every training tracklet (relabelled 0..num_pids-1).
     num_identities: P.
     num_instances: K.
     seed: base seed (non-negative int).
     shard_index, shard_count: this host's slice of every global batch.
     num_workers: grain worker processes of the DataLoader (0 = in process).
+    host_batch: B_host = P * K / shard_count.
   """
 
   def __init__(
@@ -62,6 +62,10 @@ class IdentitySampler:
       num_workers: int = 0,
   ):
     """Builds the sampler.
+
+    Args:
+      pids: pid of every training tracklet, `[N]` (its position is the tracklet index the sampler returns).
+      num_identities, num_instances, seed, shard_index, shard_count, num_workers: see the class attributes.
 
     Raises:
       ValueError: if P or K is below 1, the seed is negative, P * K does not divide over shard_count,
