@@ -3,8 +3,10 @@
 Everything heavy is a pure jitted function. Queries are ranked in chunks of a fixed size (the last chunk
 padded), mapped with `jax.lax.map`, so one compiled shape serves every query set and device memory stays at
 a few `[chunk_size, G]` arrays whatever the gallery size; the `[Q, G]` distance matrix is never built when
-ranking from features. Ties in distance keep gallery order (stable sort), like MATLAB's `sort` and NumPy's
-stable `argsort`.
+ranking from features. The gallery is never sorted: only the ranks of a query's matches are needed, found
+by `top_k` over the matches and a binary search (`_good_ranks`), O(G log K) per query for K matches.
+Items are ordered by (distance, gallery index): ties keep gallery order, as a stable sort (MATLAB's `sort`,
+NumPy's stable `argsort`) would. Distances must be finite.
 
 Scoring conventions (DESIGN.md section 3); in all of them distractors (pid 0) are ordinary non-matches and
 gallery items with the query's pid and camid are junk (ignored: they neither count nor take a rank):
@@ -104,7 +106,47 @@ def distance_matrix(query_features: jnp.ndarray, gallery_features: jnp.ndarray, 
   return jnp.sqrt(jnp.maximum(squared, 0.0))
 
 
-def _chunk_scores(distances, q_pids, q_camids, g_pids, g_camids, rule):
+def _good_ranks(distances, good, valid, max_matches: int):
+  """1-based ranks among the valid items of each query's matches, in rank order, without sorting the gallery.
+
+  Items are ordered by (distance, gallery index), so ties keep gallery order. The matches (at most
+  `max_matches` per query) are taken in that order with `top_k`; a binary search then counts, for every
+  valid non-match, how many matches precede it, and a histogram of those counts gives the valid
+  non-matches ranked before each match. Cost per query: O(G log max_matches) instead of a sort of G.
+
+  Args:
+    distances: float `[C, G]`, finite.
+    good, valid: bool `[C, G]` matches and non-junk items (good implies valid).
+    max_matches: K, a bound on the matches of any query (static).
+
+  Returns:
+    (ranks int32 `[C, K]` (slot m: rank of the (m+1)-th match), in_use bool `[C, K]` (slot m < #matches)).
+  """
+  c, g = distances.shape
+  neg, match_index = jax.lax.top_k(jnp.where(good, -distances, -jnp.inf), max_matches)
+  slot = jnp.arange(max_matches)
+  in_use = slot[None, :] < jnp.sum(good, axis=1, keepdims=True)
+  match_dist = jnp.where(in_use, -neg, jnp.inf)
+  match_index = jnp.where(in_use, match_index, g)  # unused slots sort after every gallery item
+  index = jnp.arange(g)[None, :]
+  lo = jnp.zeros((c, g), jnp.int32)
+  hi = jnp.full((c, g), max_matches, jnp.int32)
+  for _ in range(int(np.ceil(np.log2(max_matches + 1)))):
+    mid = (lo + hi) // 2
+    at = jnp.minimum(mid, max_matches - 1)
+    md = jnp.take_along_axis(match_dist, at, axis=1)
+    mi = jnp.take_along_axis(match_index, at, axis=1)
+    precedes = (md < distances) | ((md == distances) & (mi < index))  # match `mid` comes before item
+    active = lo < hi
+    lo = jnp.where(active & precedes, mid + 1, lo)
+    hi = jnp.where(active & ~precedes, mid, hi)
+  other = (valid & ~good).astype(jnp.int32)
+  histogram = jnp.zeros((c, max_matches + 1), jnp.int32).at[jnp.arange(c)[:, None], lo].add(other)
+  ranks = jnp.cumsum(histogram, axis=1)[:, :max_matches] + slot[None, :] + 1
+  return ranks, in_use
+
+
+def _chunk_scores(distances, q_pids, q_camids, g_pids, g_camids, rule, max_matches: int):
   """Scores a chunk of queries: float `[C, G]` distances -> (AP `[C]`, first match rank `[C]`, #matches `[C]`).
 
   `rule` holds the convention's flags as traced booleans (unlabeled_junk, trapezoid_ap), so every
@@ -115,22 +157,27 @@ def _chunk_scores(distances, q_pids, q_camids, g_pids, g_camids, rule):
   same_pid = g_pids[None, :] == q_pids[:, None]
   junk = same_pid & (g_camids[None, :] == q_camids[:, None])
   junk = junk | (unlabeled_junk & (g_pids == -1))[None, :]
-  good = (same_pid & ~junk).astype(jnp.int32)
-  valid = (~junk).astype(jnp.int32)
-  _, good, valid = jax.lax.sort((distances, good, valid), dimension=1, is_stable=True, num_keys=1)
-  rank = jnp.cumsum(valid, axis=1)  # 1-based rank among non-junk items, at every sorted position
-  hits = jnp.cumsum(good, axis=1)  # matches seen up to each sorted position
-  num_good = hits[:, -1]
-  is_good = good.astype(bool)
-  rank_f = jnp.maximum(rank, 1).astype(jnp.float32)
-  hits_f = hits.astype(jnp.float32)
+  good = same_pid & ~junk
+  ranks, in_use = _good_ranks(distances, good, ~junk, max_matches)
+  num_good = jnp.sum(in_use, axis=1)
+  rank_f = ranks.astype(jnp.float32)
+  hits_f = jnp.arange(1, max_matches + 1, dtype=jnp.float32)[None, :]
   precision = hits_f / rank_f
-  old_precision = jnp.where(rank == 1, 1.0, (hits_f - 1.0) / jnp.maximum(rank_f - 1.0, 1.0))
+  old_precision = jnp.where(ranks == 1, 1.0, (hits_f - 1.0) / jnp.maximum(rank_f - 1.0, 1.0))
   precision = jnp.where(trapezoid_ap, (old_precision + precision) / 2.0, precision)
-  ap = jnp.sum(jnp.where(is_good, precision, 0.0), axis=1) / jnp.maximum(num_good, 1).astype(jnp.float32)
-  first = jnp.min(jnp.where(is_good, rank, jnp.iinfo(jnp.int32).max), axis=1)
-  first = jnp.where(num_good > 0, first, 0)
+  ap = jnp.sum(jnp.where(in_use, precision, 0.0), axis=1) / jnp.maximum(num_good, 1).astype(jnp.float32)
+  first = jnp.where(num_good > 0, ranks[:, 0], 0)
   return ap, first, num_good
+
+
+def match_bound(q_pids, g_pids) -> int:
+  """A static bound K on any query's matches: the largest same-pid gallery count, rounded up to 2^n (<= G)."""
+  g_pids, q_pids = np.asarray(g_pids), np.asarray(q_pids)
+  values, counts = np.unique(g_pids, return_counts=True)
+  position = np.clip(np.searchsorted(values, q_pids), 0, max(len(values) - 1, 0))
+  found = values[position] == q_pids if len(values) else np.zeros(len(q_pids), bool)
+  most = int(counts[position][found].max()) if found.any() else 1
+  return int(min(1 << (most - 1).bit_length(), max(len(g_pids), 1)))
 
 
 def _pad_chunks(x: jnp.ndarray, chunk_size: int) -> jnp.ndarray:
@@ -155,18 +202,18 @@ def _rule_flags(convention: str) -> tuple[jnp.ndarray, jnp.ndarray]:
   return jnp.asarray(rule.unlabeled_junk), jnp.asarray(rule.trapezoid_ap)
 
 
-@functools.partial(jax.jit, static_argnames=('chunk_size',))
-def _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, rule, chunk_size):
-  score = lambda d, qp, qc: _chunk_scores(d, qp, qc, g_pids, g_camids, rule)
+@functools.partial(jax.jit, static_argnames=('chunk_size', 'max_matches'))
+def _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, rule, chunk_size, max_matches):
+  score = lambda d, qp, qc: _chunk_scores(d, qp, qc, g_pids, g_camids, rule, max_matches)
   return _map_chunks(score, (distances, q_pids, q_camids), distances.shape[0], chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=('distance', 'chunk_size'))
+@functools.partial(jax.jit, static_argnames=('distance', 'chunk_size', 'max_matches'))
 def _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, rule,
-                          distance, chunk_size):
+                          distance, chunk_size, max_matches):
   def score(qf, qp, qc):
     d = distance_matrix(qf, gallery_features, distance=distance)
-    return _chunk_scores(d, qp, qc, g_pids, g_camids, rule)
+    return _chunk_scores(d, qp, qc, g_pids, g_camids, rule, max_matches)
 
   return _map_chunks(score, (query_features, q_pids, q_camids), query_features.shape[0], chunk_size)
 
@@ -190,7 +237,7 @@ def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, conv
     ValueError: unknown convention.
   """
   return _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, _rule_flags(convention),
-                                chunk_size)
+                                chunk_size, match_bound(q_pids, g_pids))
 
 
 def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, *,
@@ -211,7 +258,7 @@ def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_p
   """
   _check_distance(distance)
   return _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids,
-                               _rule_flags(convention), distance, chunk_size)
+                               _rule_flags(convention), distance, chunk_size, match_bound(q_pids, g_pids))
 
 
 def summarize(scores: Mapping[str, jnp.ndarray], convention: str, num_gallery: int,

@@ -131,13 +131,14 @@ def write_ranking_sheet(dataset: VideoReIDDataset, features: np.ndarray, path: s
   queries = np.asarray(dataset.query)[list(query_positions)]
   distances = metrics.distance_matrix(features[queries], features[gallery], distance=distance)
   ranked = gallery[np.asarray(metrics.top_k_gallery(distances, min(top_k, len(gallery))))]
-  frame = lambda tracklet, i: transforms.decode_frame(tracklet.frames[i], tracklet.frames[i], config.height,
-                                                      config.width)
+  def frames(tracklet, indices):  # decoded and resized as the evaluation pipeline does
+    return transforms.load_clip(tracklet.frames, tracklet.frames, indices, config.height, config.width)
+
   clips, tops, status = [], [], []
   for query, row in zip(queries, ranked):
     tracklet = dataset.test[query]
-    clips.append([frame(tracklet, i) for i in sampling.rrs_test(len(tracklet.frames), config.seq_len)])
-    tops.append([frame(dataset.test[g], len(dataset.test[g].frames) // 2) for g in row])
+    clips.append(frames(tracklet, sampling.rrs_test(len(tracklet.frames), config.seq_len)))
+    tops.append([frames(dataset.test[g], [len(dataset.test[g].frames) // 2])[0] for g in row])
     status.append(ranking_status(tracklet.pid, tracklet.camid, np.asarray([dataset.test[g].pid for g in row]),
                                  np.asarray([dataset.test[g].camid for g in row]), convention))
   return save_png(ranking_sheet(np.asarray(clips), np.asarray(tops), np.asarray(status)), path)

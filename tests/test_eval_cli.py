@@ -1,0 +1,195 @@
+"""Tests of eval.py (subprocesses on demo data with tiny LSTRL checkpoints) and of the evaluator."""
+
+import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs.default import get_config
+from lstrl_jax.data import demo
+from lstrl_jax.data.datasets import load_dataset
+from lstrl_jax.evaluation import evaluator, metrics, visualize
+from lstrl_jax.models.lstrl import model_from_config
+from lstrl_jax.train import checkpoint
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEMO_PERSONS = 8  # 4 training and 4 test identities per split
+
+
+def tiny_config(data_dir, split):
+  config = get_config()
+  config.dataset, config.data_dir, config.split = 'demo', str(data_dir), split
+  config.seq_len, config.height, config.width = 2, 128, 64
+  config.eval_batch_size, config.num_workers = 4, 0
+  config.model.depth, config.model.mae_stages, config.model.bme_stages = 18, (3,), (3,)
+  return config
+
+
+def write_checkpoint(workdir, config, num_classes, seed=0):
+  """A step-7 checkpoint of random tiny-LSTRL variables, written by the trainer's checkpoint module."""
+  model = model_from_config(config.model, num_classes)
+  clips = jnp.zeros((1, config.seq_len, config.height, config.width, 3))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), clips, train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if 'var' in name:
+      return np.ones(leaf.shape, np.float32)
+    if 'mean' in name:
+      return np.zeros(leaf.shape, np.float32)
+    return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
+
+  variables = jax.tree_util.tree_map_with_path(fill, shapes)
+  state = {'params': variables['params'], 'batch_stats': variables['batch_stats'], 'step': np.int32(7)}
+  manager = checkpoint.make_manager(workdir, max_to_keep=1)
+  data = iter(grain.MapDataset.range(4).to_iter_dataset())
+  checkpoint.save(manager, 7, state, data, config)
+  manager.wait_until_finished()
+  manager.close()
+  return workdir
+
+
+def start_eval(*args):
+  """Starts eval.py in a subprocess on CPU."""
+  code = f'import runpy, sys\nsys.argv = ["eval.py", *{list(args)!r}]\n'
+  code += 'runpy.run_path("eval.py", run_name="__main__")'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  return subprocess.Popen([sys.executable, '-c', code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def assert_one_line_error(result, pattern):
+  returncode, _, stderr = result
+  assert returncode == 1, stderr[-3000:]
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and 'Traceback' not in stderr, stderr[-3000:]
+  assert lines[0].startswith('error: ') and re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """Demo data, three checkpoints, and every eval.py run of this module, started at once."""
+  root = tmp_path_factory.mktemp('eval_cli')
+  data = demo.generate(root / 'demo', num_persons=DEMO_PERSONS, frames=5)
+  split0, split1 = (write_checkpoint(root / f'split{s}', tiny_config(data, s), DEMO_PERSONS // 2, seed=s)
+                    for s in (0, 1))
+  other = write_checkpoint(root / 'other', tiny_config(data, 0), num_classes=625)
+  processes = {
+      'full': start_eval(f'--ckpt={split0},{split1 / "checkpoints" / "7"}', '--clip_selection=rrs',
+                         f'--save_features={root / "feats.npz"}', '--pictures', '--config.eval_batch_size=2'),
+      'missing': start_eval(f'--ckpt={root / "nowhere"}'),
+      'other': start_eval(f'--ckpt={other}'),
+  }
+  results = {}
+  for name, process in processes.items():
+    stdout, stderr = process.communicate(timeout=900)
+    results[name] = (process.returncode, stdout, stderr)
+  return dict(results, root=root, data=data, workdirs=(split0, split1))
+
+
+def test_two_splits_table_features_and_pictures(runs):
+  returncode, text, stderr = runs['full']
+  assert returncode == 0, stderr[-3000:]
+  assert 'demo (split 0 step 7) | clip selection: rrs | distance: cosine | no re-ranking' in text
+  assert 'demo (split 1 step 7)' in text and 'demo (mean over 2 splits 0,1)' in text
+  rows = re.findall(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+4\s+4\s+0$', text,
+                    re.MULTILINE)
+  assert len(rows) == 3, text
+  for split in (0, 1):
+    saved = np.load(runs['root'] / f'feats_{split}.npz')
+    dataset = load_dataset('demo', runs['data'], split=split)
+    assert saved['features'].shape == (8, 512) and saved['features'].dtype == np.float32
+    assert (str(saved['dataset']), int(saved['split']), int(saved['step'])) == ('demo', split, 7)
+    np.testing.assert_array_equal(saved['pids'], [t.pid for t in dataset.test])
+    np.testing.assert_array_equal(saved['query'], dataset.query)
+    offsets = saved['frame_offsets']
+    assert list(saved['frame_paths'][offsets[3]:offsets[4]]) == list(dataset.test[3].frames)
+    # The printed table is the metric of the saved features.
+    query, gallery = saved['query'], saved['gallery_cross_camera']
+    feats, pids, camids = saved['features'], saved['pids'], saved['camids']
+    scores = metrics.evaluate_features(feats[query], feats[gallery], pids[query], camids[query], pids[gallery],
+                                       camids[gallery], convention='cross_camera')
+    assert float(rows[split][0]) == pytest.approx(100 * scores['mAP'], abs=0.006)
+    assert float(rows[split][1]) == pytest.approx(100 * scores['R-1'], abs=0.006)
+  assert float(rows[2][1]) == pytest.approx((float(rows[0][1]) + float(rows[1][1])) / 2, abs=0.01)
+  for workdir in runs['workdirs']:
+    pictures = sorted(p.name for p in (workdir / 'pictures').iterdir())
+    assert 'ranking_cross_camera_rrs.png' in pictures
+    assert len([p for p in pictures if re.fullmatch(r'fig5_t\d+_stage3\.png', p)]) == 2, pictures
+    for name in pictures:
+      with Image.open(workdir / 'pictures' / name) as image:
+        assert np.asarray(image.convert('RGB')).std() > 0
+    with Image.open(workdir / 'pictures' / 'ranking_cross_camera_rrs.png') as image:
+      cell = 128 + 2 * visualize.BORDER + visualize.GAP
+      assert image.size[1] == visualize.GAP + 4 * cell  # one row per query (4 test persons)
+
+
+def test_missing_checkpoint(runs):
+  assert_one_line_error(runs['missing'], 'nowhere')
+
+
+def test_checkpoint_of_another_dataset(runs):
+  assert_one_line_error(runs['other'], 'classifies 625 identities .* 4 training identities')
+
+
+def test_empty_query_set(runs, monkeypatch):
+  """The check behind eval.py's one-line error (same `except` branch as test_checkpoint_of_another_dataset)."""
+  load = evaluator.load_dataset
+  empty = lambda *a, **k: dataclasses.replace(load(*a, **k), query=np.zeros(0, np.int64))
+  monkeypatch.setattr(evaluator, 'load_dataset', empty)
+  with pytest.raises(evaluator.EvaluationError, match=r'^demo \(split 0\) at .*: the query set is empty$'):
+    evaluator.evaluate_checkpoint(runs['workdirs'][0])
+
+
+def test_unknown_override_key():
+  with pytest.raises(evaluator.EvaluationError, match='--config.model.nope'):
+    evaluator.apply_overrides(get_config(), {'model.nope': 1})
+
+
+def test_format_and_mean_over_splits():
+  scores = lambda r1, no_match: {'mAP': 0.5, 'R-1': r1, 'R-5': 1.0, 'R-10': 1.0, 'R-20': 1.0, 'num_query': 4,
+                                 'num_gallery': 9, 'num_scored': 4 - no_match, 'no_match': no_match}
+  results = [{'dataset': 'prid', 'split': s, 'clip_selection': 'dense', 'distance': 'cosine', 'rerank': False,
+              'conventions': {'cross_camera': scores(r1, s)}} for s, r1 in ((0, 0.25), (1, 0.75))]
+  mean = evaluator.mean_over_splits(results)
+  assert mean['split'] == (0, 1) and mean['conventions']['cross_camera']['R-1'] == 0.5
+  table = evaluator.format_results(mean)
+  assert table.splitlines()[0] == ('prid (mean over 2 splits 0,1) | clip selection: dense | distance: cosine | '
+                                   'no re-ranking')
+  assert re.search(r'^cross_camera\s+50\.00\s+50\.00\s+100\.00', table, re.MULTILINE)
+  assert 'cross_camera: 0.5 queries without a valid match, skipped' in table
+  with pytest.raises(evaluator.EvaluationError, match='different distance'):
+    evaluator.mean_over_splits([results[0], dict(results[1], distance='euclidean')])
+
+
+def test_mars_protocol_with_identity_features(shared_data):
+  """Real MARS pids/camids, every 10th query: features equal per pid, so AP = 1 wherever a match exists."""
+  full = load_dataset('mars', shared_data / 'mars')
+  dataset = dataclasses.replace(full, query=full.query[::10])
+  pids = np.asarray([t.pid for t in dataset.test])
+  camids = np.asarray([t.camid for t in dataset.test])
+  codes = np.random.default_rng(0).normal(size=(pids.max() + 2, 16)).astype(np.float32)
+  results = evaluator.score_features(codes[pids + 1], dataset, distance='cosine', clip_selection='dense')
+  table = results['conventions']
+  assert list(table) == ['paper', 'torchreid', 'official']
+  assert [table[c]['num_gallery'] for c in table] == [11310, 9330, 12180]
+  for name, scores in table.items():
+    gallery = dataset.galleries[name]
+    has_match = np.array([np.any((pids[gallery] == pids[q]) & (camids[gallery] != camids[q])) for q in dataset.query])
+    assert scores['num_query'] == 198 and scores['no_match'] == (~has_match).sum()
+    skipped = name == 'torchreid'
+    assert scores['num_scored'] == (has_match.sum() if skipped else 198)
+    assert scores['mAP'] == pytest.approx(1.0 if skipped else has_match.mean())
+    assert scores['R-1'] == pytest.approx(1.0 if skipped else has_match.mean())
+  assert table['torchreid']['no_match'] > 0 and table['paper']['no_match'] == 0
+  assert 'mars (test set) | clip selection: dense' in evaluator.format_results(results)
