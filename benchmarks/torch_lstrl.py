@@ -14,7 +14,6 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from tests.torch_resnet import ResNet
 
@@ -68,6 +67,9 @@ class BME(nn.Module):
   M^f_t = phi(F_t^g) * psi(F_{t+1}), M^b_t = phi(F_t^g) * psi(F_{t-1}) with F_t^g the spatial mean
   ('global_to_local') or F_t itself ('local_to_local'); the missing neighbour at a clip end is the frame
   itself. F^m = ReLU(BN(upsilon([M^f, M^b]))), BN scale starts at 0; single direction uses M^f only.
+  The ReLU passes gradient 1 at exactly 0 (as the Flax model's `relu_open_at_zero`): with the zero-initialised
+  BN scale and bias every pre-activation starts at exactly 0, where `F.relu`'s gradient 0 would leave the
+  whole branch untrained forever. Forward values are an ordinary ReLU's.
   """
 
   def __init__(self, channels: int, seq_len: int, mode: str = 'global_to_local', bidirectional: bool = True):
@@ -93,7 +95,8 @@ class BME(nn.Module):
       preceding = torch.cat([key[:, :1], key[:, :-1]], dim=1)  # F_{t-1}, first frame replicated
       motions.append(query * preceding)
     m = torch.cat(motions, dim=2).reshape(bt, -1, h, w)
-    return F.relu(self.bn(self.upsilon(m)))
+    m = self.bn(self.upsilon(m))
+    return torch.where(m >= 0, m, torch.zeros_like(m))
 
 
 class LSTRL(nn.Module):
