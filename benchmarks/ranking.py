@@ -108,6 +108,7 @@ def main(argv):
       metrics.scores_from_features(*on_device, convention='paper', chunk_size=chunk))
   jax_wall, jax_cpu, first, scores = timed(from_features, _REPEATS.value)
   jax_result = metrics.summarize(scores, 'paper', num_gallery=len(gallery))
+  rss_features = peak_rss_mib()
   distances = jax.block_until_ready(metrics.distance_matrix(*on_device[:2]))
   from_distances = lambda: jax.block_until_ready(
       metrics.scores_from_distances(distances, *labels, convention='paper', chunk_size=chunk))
@@ -138,8 +139,9 @@ def main(argv):
           f'ratio numpy / jax {nw / jw:4.1f}x wall, {nc / jc:4.1f}x CPU')
   print(f"mAP {100 * jax_result['mAP']:.4f}  R-1 {100 * jax_result['R-1']:.4f}  "
         f"R-20 {100 * jax_result['R-20']:.4f} (%, chance level); largest |jax - numpy| {worst:.2e}")
-  print(f'peak memory: numpy traced {numpy_traced_peak / 2**20:.0f} MiB; peak RSS growth: jax phase '
-        f'{rss_jax - rss_start:.0f} MiB, numpy phase {rss_numpy - rss_jax:.0f} MiB (process peak '
+  print(f'peak memory: numpy traced {numpy_traced_peak / 2**20:.0f} MiB; peak RSS growth: jax from features '
+        f'{rss_features - rss_start:.0f} MiB (incl. compilation), jax ranking-only phase (holds the [Q, G] '
+        f'matrix) {rss_jax - rss_features:.0f} MiB, numpy phase {rss_numpy - rss_jax:.0f} MiB (process peak '
         f'{rss_numpy:.0f} MiB)' + (f'; device peak {device_peak / 2**20:.0f} MiB' if device_peak else ''))
   if worst > 1e-6:
     raise SystemExit(f'jax and numpy disagree by {worst:.2e} (> 1e-6)')
