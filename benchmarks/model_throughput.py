@@ -3,8 +3,8 @@
   python -m benchmarks.model_throughput --batch 2 --seq_len 4 --height 256 --width 128 --dtype float32
 
 Run from the repository root. Each (framework, phase) pair runs in its own subprocess, so the peak resident
-memory (`resource.getrusage(...).ru_maxrss`, which includes the framework's own libraries) belongs to that
-measurement alone. Phases, both fed uint8 clips `[B, T, H, W, 3]` normalised inside the timed call:
+memory (VmHWM, see `peak_rss_mib`; it includes the framework's own libraries) belongs to that measurement
+alone. Phases, both fed uint8 clips `[B, T, H, W, 3]` normalised inside the timed call:
   forward: eval-mode network (`train=False`), jitted in JAX, `torch.inference_mode()` in PyTorch;
   train:   forward + label-smoothed CE + batch-hard triplet + backward + Adam update. JAX runs the trainer's
            own step (`lstrl_jax.train.trainer.make_train_step`: jitted, state donated); PyTorch the same
@@ -204,9 +204,24 @@ def child(args: argparse.Namespace) -> None:
   framework, phase = args.child.split(':')
   seconds = (run_jax if framework == 'jax' else run_torch)(args, phase)
   frames = args.batch * args.seq_len
-  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps({'framework': framework, 'phase': phase, 'ms_per_frame': 1e3 * seconds / frames,
-                    'peak_rss_mib': peak_mib}))
+                    'peak_rss_mib': peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process in MiB: VmHWM of /proc/self/status where it exists.
+
+  `ru_maxrss` is only the fallback: Linux carries the pre-exec high-water mark of the forked parent into it,
+  so a child of a large parent would report at least the parent's size.
+  """
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine() -> str:
