@@ -39,7 +39,7 @@ class EvaluationError(ValueError):
   """The dataset cannot be evaluated (e.g. an empty query set); the message is one line."""
 
 
-def test_labels(dataset: VideoReIDDataset) -> tuple[np.ndarray, np.ndarray]:
+def tracklet_labels(dataset: VideoReIDDataset) -> tuple[np.ndarray, np.ndarray]:
   """pids and camids of `dataset.test`, int64 `[N_test]` each."""
   pids = np.asarray([t.pid for t in dataset.test], np.int64)
   camids = np.asarray([t.camid for t in dataset.test], np.int64)
@@ -82,7 +82,7 @@ def score_features(features: np.ndarray, dataset: VideoReIDDataset, *, distance:
   if len(dataset.query) == 0:
     raise EvaluationError(f'{dataset.name} (split {dataset.split}): the query set is empty')
   names = list(dataset.galleries) if conventions is None else list(conventions)
-  pids, camids = test_labels(dataset)
+  pids, camids = tracklet_labels(dataset)
   per_convention = {}
   for name in names:
     if name not in dataset.galleries:
@@ -229,7 +229,7 @@ def save_features(path: str | pathlib.Path, features: np.ndarray, dataset: Video
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  pids, camids = test_labels(dataset)
+  pids, camids = tracklet_labels(dataset)
   lengths = [len(t.frames) for t in dataset.test]
   arrays = dict(
       features=np.asarray(features, np.float32), pids=pids, camids=camids,

@@ -129,17 +129,20 @@ def _good_ranks(distances, good, valid, max_matches: int):
   match_dist = jnp.where(in_use, -neg, jnp.inf)
   match_index = jnp.where(in_use, match_index, g)  # unused slots sort after every gallery item
   index = jnp.arange(g)[None, :]
-  lo = jnp.zeros((c, g), jnp.int32)
-  hi = jnp.full((c, g), max_matches, jnp.int32)
-  for _ in range(int(np.ceil(np.log2(max_matches + 1)))):
+
+  def bisect(_, bounds):  # lo: number of matches known to precede each item
+    lo, hi = bounds
     mid = (lo + hi) // 2
     at = jnp.minimum(mid, max_matches - 1)
     md = jnp.take_along_axis(match_dist, at, axis=1)
     mi = jnp.take_along_axis(match_index, at, axis=1)
     precedes = (md < distances) | ((md == distances) & (mi < index))  # match `mid` comes before item
     active = lo < hi
-    lo = jnp.where(active & precedes, mid + 1, lo)
-    hi = jnp.where(active & ~precedes, mid, hi)
+    return jnp.where(active & precedes, mid + 1, lo), jnp.where(active & ~precedes, mid, hi)
+
+  steps = int(np.ceil(np.log2(max_matches + 1)))
+  bounds = (jnp.zeros((c, g), jnp.int32), jnp.full((c, g), max_matches, jnp.int32))
+  lo, _ = jax.lax.fori_loop(0, steps, bisect, bounds)
   other = (valid & ~good).astype(jnp.int32)
   histogram = jnp.zeros((c, max_matches + 1), jnp.int32).at[jnp.arange(c)[:, None], lo].add(other)
   ranks = jnp.cumsum(histogram, axis=1)[:, :max_matches] + slot[None, :] + 1
