@@ -55,6 +55,8 @@ def main(argv):
           path, overrides=overrides, clip_selection=_CLIP_SELECTION.value, rerank=_RERANK.value,
           features_path=_features_path(index, len(paths)), pictures=_PICTURES.value, progress=True))
       print(evaluator.format_results(results[-1]), end='\n\n', flush=True)
+      if _PICTURES.value:
+        print(f'pictures: {evaluator.workdir_of(path) / "pictures"}', end='\n\n', flush=True)
     if len(results) > 1:
       print(evaluator.format_results(evaluator.mean_over_splits(results)))
   except (CheckpointError, DatasetError, ValueError) as error:
