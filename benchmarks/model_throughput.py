@@ -65,16 +65,21 @@ def example_batch(args: argparse.Namespace):
   return clips, pids
 
 
-def time_calls(call, args: argparse.Namespace) -> float:
-  """Median seconds of `call()` (which must block until its result exists) after `args.warmup` calls."""
+def time_calls(call, args: argparse.Namespace) -> tuple[float, float]:
+  """Median (wall, CPU) seconds of `call()` (which must block until its result exists) after `args.warmup` calls.
+
+  CPU seconds are this process's user + system time over all its threads; on cores shared with other jobs
+  they vary less than wall time (which then also counts the time other processes held the cores).
+  """
   for _ in range(args.warmup):
     call()
-  times = []
+  wall, cpu = [], []
   for _ in range(args.repeats):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     call()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  return statistics.median(wall), statistics.median(cpu)
 
 
 def flax_model(args: argparse.Namespace):
@@ -95,8 +100,8 @@ def flax_variables(model, args: argparse.Namespace):
   return jax.jit(lambda key: model.init(key, clips, train=False))(jax.random.key(0))
 
 
-def run_jax(args: argparse.Namespace, phase: str) -> float:
-  """Seconds per call of the JAX `phase`."""
+def run_jax(args: argparse.Namespace, phase: str) -> tuple[float, float]:
+  """(wall, CPU) seconds per call of the JAX `phase`."""
   import jax
 
   from configs import default
@@ -131,8 +136,8 @@ def run_jax(args: argparse.Namespace, phase: str) -> float:
   return time_calls(train_call, args)
 
 
-def run_torch(args: argparse.Namespace, phase: str) -> float:
-  """Seconds per call of the PyTorch `phase` (same network and weights as the JAX side, channels_last)."""
+def run_torch(args: argparse.Namespace, phase: str) -> tuple[float, float]:
+  """(wall, CPU) seconds per call of the PyTorch `phase` (same network and weights as JAX, channels_last)."""
   import contextlib
 
   import torch
@@ -202,10 +207,10 @@ def save_torch_weights(args: argparse.Namespace, path: str) -> None:
 def child(args: argparse.Namespace) -> None:
   """Measures one (framework, phase) and prints one JSON line."""
   framework, phase = args.child.split(':')
-  seconds = (run_jax if framework == 'jax' else run_torch)(args, phase)
+  wall, cpu = (run_jax if framework == 'jax' else run_torch)(args, phase)
   frames = args.batch * args.seq_len
-  print(json.dumps({'framework': framework, 'phase': phase, 'ms_per_frame': 1e3 * seconds / frames,
-                    'peak_rss_mib': peak_rss_mib()}))
+  print(json.dumps({'framework': framework, 'phase': phase, 'ms_per_frame': 1e3 * wall / frames,
+                    'cpu_ms_per_frame': 1e3 * cpu / frames, 'peak_rss_mib': peak_rss_mib()}))
 
 
 def peak_rss_mib() -> float:
@@ -262,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
           return 1
         results[framework, phase] = json.loads(done.stdout.strip().splitlines()[-1])
         row = results[framework, phase]
-        print(f'{framework:5s} {phase:7s} {row["ms_per_frame"]:8.1f} ms/frame  '
-              f'peak RSS {row["peak_rss_mib"]:7.0f} MiB')
+        print(f'{framework:5s} {phase:7s} {row["ms_per_frame"]:8.1f} ms/frame '
+              f'(CPU {row["cpu_ms_per_frame"]:7.1f})  peak RSS {row["peak_rss_mib"]:6.0f} MiB')
   if len(frameworks) == 2:
     for phase in phases:
-      ratio = results['jax', phase]['ms_per_frame'] / results['torch', phase]['ms_per_frame']
-      print(f'JAX/PyTorch {phase}: {ratio:.2f}x time')
+      ratios = [results['jax', phase][key] / results['torch', phase][key]
+                for key in ('ms_per_frame', 'cpu_ms_per_frame')]
+      print(f'JAX/PyTorch {phase}: {ratios[0]:.2f}x wall time, {ratios[1]:.2f}x CPU time')
   print(f'load after: {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
   return 0
 

@@ -68,8 +68,9 @@ def test_kernel_layout_and_batch_stats():
   assert kernel.shape == (1, 1, 64, 128)
   np.testing.assert_array_equal(kernel[0, 0], state['layer2.0.downsample.0.weight'][:, :, 0, 0].T)
   assert variables['params']['conv1']['kernel'][2, 5, 1, 7] == state['conv1.weight'][7, 1, 2, 5]
-  np.testing.assert_array_equal(variables['batch_stats']['layer4_1']['bn2']['var'], state['layer4.1.bn2.running_var'])
-  np.testing.assert_array_equal(variables['batch_stats']['bn1']['mean'], state['bn1.running_mean'])
+  stats = variables['batch_stats']
+  np.testing.assert_array_equal(stats['layer4_1']['bn2']['var'], state['layer4.1.bn2.running_var'])
+  np.testing.assert_array_equal(stats['bn1']['mean'], state['bn1.running_mean'])
   np.testing.assert_array_equal(variables['params']['layer3_1']['bn1']['scale'], state['layer3.1.bn1.weight'])
 
 
@@ -91,7 +92,8 @@ def test_every_problem_is_named_in_one_error(tmp_path):
 
 def test_wrong_depth_is_refused():
   state = {k: v.numpy() for k, v in random_torch_resnet(18, seed=3).state_dict().items()}
-  with pytest.raises(weights.WeightImportError, match=r'^resnet18\.pth: .*missing keys \(80\): layer1\.2\.bn1\.bias, '):
+  expected = r'^resnet18\.pth: .*missing keys \(80\): layer1\.2\.bn1\.bias, '
+  with pytest.raises(weights.WeightImportError, match=expected):
     weights.import_backbone(abstract_variables(34), state, source='resnet18.pth')
 
 
