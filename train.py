@@ -16,6 +16,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lstrl_jax.train import checkpoint
+from lstrl_jax.train import guards
 from lstrl_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
@@ -26,9 +27,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every checkpoint save at INFO
   try:
     summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, checkpoint.CheckpointError, trainer.NonFiniteLossError) as error:
+  except (ValueError, checkpoint.CheckpointError, guards.TrainingDivergedError) as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
   if summary['completed']:
@@ -36,5 +39,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.FLAGS.set_default('verbosity', logging.WARNING)  # orbax and grain log every save at INFO
   app.run(main)

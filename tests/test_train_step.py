@@ -7,11 +7,13 @@ subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=2.
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,6 +23,8 @@ import pytest
 from lstrl_jax import sharding
 from lstrl_jax.data import pipeline
 from lstrl_jax.models import lstrl
+from lstrl_jax.train import checkpoint
+from lstrl_jax.train import guards
 from lstrl_jax.train import losses
 from lstrl_jax.train import optim
 from lstrl_jax.train import state as state_lib
@@ -177,3 +181,84 @@ def test_two_devices_match_one_device_and_odd_batch_is_refused(compiled, tmp_pat
     assert len(two_devices.files) == len(one_device)
     for i, leaf in enumerate(one_device):
       np.testing.assert_allclose(two_devices[f'arr_{i}'], leaf, rtol=1e-4, atol=1e-5)
+
+
+class RecordingWriter:
+  """Stands in for `writers.MetricWriter`: keeps the records instead of writing TensorBoard files."""
+
+  def __init__(self):
+    self.records, self.lines = [], []
+
+  def write(self, step, scalars):
+    self.records.append((step, dict(scalars)))
+
+  def advance(self, steps=1):
+    del steps
+
+  def show(self, **fields):
+    del fields
+
+  def print_line(self, message):
+    self.lines.append(message)
+
+
+def make_run(compiled, tmp_path, **overrides):
+  """A `trainer.Run` of the stand-in: 4 steps per epoch, 8 in all, checkpoints every epoch, no evaluation."""
+  mesh, model, _, _, step = compiled
+  config = ml_collections.ConfigDict(
+      dict(num_identities=2, num_instances=2, log_every_steps=1, checkpoint_every_epochs=1, eval_every_epochs=0,
+           stop_at_step=0)
+  )
+  config.update(overrides)
+  batches = grain.MapDataset.range(1000).map(tiny_batch).to_iter_dataset()
+  return trainer.Run(
+      config=config, dataset=None, model=model, mesh=mesh, step_fn=step, data_iterator=iter(batches),
+      manager=checkpoint.make_manager(tmp_path, max_to_keep=3), writer=RecordingWriter(), steps_per_epoch=4,
+      total_steps=8,
+  )
+
+
+def test_stop_at_step_saves_then_infinite_learning_rate_diverges_without_saving(compiled, tmp_path):
+  _, _, _, state, _ = fresh(compiled)
+  run = make_run(compiled, tmp_path, stop_at_step=2)
+  with guards.StopRequest(run.manager) as stop_request:
+    state, step, stopped = trainer.train_loop(run, state, 0, stop_request)
+  run.manager.wait_until_finished()
+  assert (step, stopped, run.manager.latest_step()) == (2, True, 2)
+  assert [s for s, record in run.writer.records] == [1, 2]
+  assert run.writer.records[0][1]['train/loss'] == pytest.approx(
+      run.writer.records[0][1]['train/ce'] + run.writer.records[0][1]['train/triplet'], rel=1e-6
+  )
+  saved = jax.device_get(state.params)
+
+  # Continue with an infinite learning rate: step 3's update makes every parameter NaN, so step 4's loss is
+  # NaN; the loop stops at that log, before the epoch-end save of step 4.
+  config = tiny_config()
+  config.learning_rate = float('inf')
+  state = state.replace(tx=optim.make_optimizer(config, 4, lstrl.trainable_mask))
+  with guards.StopRequest(run.manager) as stop_request:
+    with pytest.raises(guards.TrainingDivergedError, match='training loss is nan at step 4; stopped without saving'):
+      trainer.train_loop(run, state, step, stop_request)
+  assert run.manager.latest_step() == 2
+  restored = checkpoint.load_for_eval(tmp_path)[1]['params']
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved)):
+    assert np.array_equal(np.asarray(a), b)
+
+
+def test_sigterm_sets_the_stop_request_and_the_old_handler_returns(tmp_path):
+  manager = checkpoint.make_manager(tmp_path, max_to_keep=1)
+  before = signal.getsignal(signal.SIGTERM)
+  with guards.StopRequest(manager) as stop_request:
+    assert not stop_request.requested(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop_request.requested(2)
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_parameter_check_names_the_step_and_the_last_checkpoint(tmp_path):
+  manager = checkpoint.make_manager(tmp_path, max_to_keep=1)
+  guards.check_params({'w': jnp.ones(3)}, 5, manager)
+  with pytest.raises(guards.TrainingDivergedError, match='parameters are not finite after step 5;.*no checkpoint'):
+    guards.check_params({'w': jnp.array([1.0, jnp.inf, 0.0]), 'b': jnp.zeros(2)}, 5, manager)
+  with pytest.raises(guards.TrainingDivergedError, match='training loss is inf at step 8'):
+    guards.check_losses([1.0, 2.0, float('inf'), float('nan')], 5, manager)

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from lstrl_jax import sharding
 
 CHECKPOINT_DIR = 'checkpoints'
+_MAX_MESSAGE = 240  # characters of an underlying error kept in a CheckpointError (tensorstore's are long)
 
 
 class CheckpointError(Exception):
@@ -121,56 +122,59 @@ def load_for_eval(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, 
   Raises:
     CheckpointError: `path` does not exist, holds no checkpoint, or the checkpoint cannot be read.
   """
-  directory, step = _resolve(pathlib.Path(path))
-  manager = ocp.CheckpointManager(
-      directory,
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={'state': ocp.PyTreeCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()},
+  step_dir = _step_directory(pathlib.Path(path))
+  handler = ocp.CompositeCheckpointHandler(
+      state=ocp.PyTreeCheckpointHandler(),
+      config=ocp.JsonCheckpointHandler(),
+      data=grain.checkpoint.CheckpointHandler(),
   )
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      raise CheckpointError(f'{path}: no checkpoint found (expected <workdir>/{CHECKPOINT_DIR}/<step>/)')
   try:
-    metadata = manager.item_metadata(step)['state']
-    tree = getattr(metadata, 'tree', metadata)
-    replicated = sharding.replicated(sharding.make_mesh())
-    target = {
-        name: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), tree[name])
-        for name in ('params', 'batch_stats')
-    }
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            ),
-            config=ocp.args.JsonRestore(),
-        ),
-    )
-  except (ValueError, KeyError, TypeError, OSError, FileNotFoundError) as error:
-    raise CheckpointError(f'{directory / str(step)}: unreadable checkpoint: {_one_line(error)}') from error
-  return config_from_json(restored['config']), dict(restored['state']), int(step)
+    with ocp.Checkpointer(handler) as checkpointer:
+      metadata = checkpointer.metadata(step_dir).item_metadata.get('state')
+      tree = getattr(metadata, 'tree', metadata)
+      if not tree or 'params' not in tree:
+        raise CheckpointError(f'{step_dir}: state/ holds no readable train state (missing metadata)')
+      replicated = sharding.replicated(sharding.make_mesh())
+      target = {
+          name: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), tree[name])
+          for name in ('params', 'batch_stats')
+      }
+      restored = checkpointer.restore(
+          step_dir,
+          args=ocp.args.Composite(
+              state=ocp.args.PyTreeRestore(
+                  item=target,
+                  restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                  partial_restore=True,
+              ),
+              config=ocp.args.JsonRestore(),
+          ),
+      )
+  except (ValueError, KeyError, TypeError, OSError) as error:
+    raise CheckpointError(f'{step_dir}: unreadable checkpoint: {_one_line(error)}') from error
+  return config_from_json(restored['config']), dict(restored['state']), int(step_dir.name)
 
 
-def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
-  """(checkpoints directory, step or None for the latest) for a workdir, checkpoints or step directory."""
+def _step_directory(path: pathlib.Path) -> pathlib.Path:
+  """The step directory `path` names: itself, or the latest finished step of a workdir/checkpoints dir."""
   if not path.is_dir():
     raise CheckpointError(f'{path}: no such checkpoint directory')
   path = path.absolute()
-  if (path / CHECKPOINT_DIR).is_dir():
-    return path / CHECKPOINT_DIR, None
   if path.name.isdigit() and (path / 'state').is_dir():
-    return path.parent, int(path.name)
-  if path.name == CHECKPOINT_DIR:
-    return path, None
-  raise CheckpointError(
-      f'{path}: not a training workdir or checkpoint step directory (expected {CHECKPOINT_DIR}/ or state/)'
-  )
+    return path
+  directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+  # Unfinished saves live in '<step>.orbax-checkpoint-tmp' folders, which the digit test leaves out.
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  if not steps:
+    raise CheckpointError(
+        f'{path}: no checkpoint found (expected a workdir with {CHECKPOINT_DIR}/<step>/ or a step directory)'
+    )
+  return directory / str(steps[-1])
 
 
 def _one_line(error: BaseException) -> str:
   """The error's type and message on one line."""
-  return f'{type(error).__name__}: ' + ' '.join(str(error).split())
+  message = ' '.join(str(error).split())
+  if len(message) > _MAX_MESSAGE:
+    message = message[:_MAX_MESSAGE] + '...'
+  return f'{type(error).__name__}: {message}'

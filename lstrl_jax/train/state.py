@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh
@@ -46,13 +47,14 @@ def init_variables(
   Returns:
     {'params': ..., 'batch_stats': ...}; float32 unless the model's param_dtype says otherwise.
   """
-  clips = jnp.zeros((1, config.seq_len, config.height, config.width, 3), jnp.float32)
+  # A jit argument, not a closed-over constant: XLA would constant-fold the whole forward pass on it.
+  clips = np.zeros((1, config.seq_len, config.height, config.width, 3), np.float32)
 
-  def init(key):
+  def init(key, clips):
     variables = model.init({'params': key}, clips, train=False)
     return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng, clips)
 
 
 def create_train_state(

@@ -14,20 +14,20 @@ of the device count up to float summation order.
 Loop: resume from `<workdir>/checkpoints` when it holds a step (state, data iterator and config, see
 `checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is set).
 Every `log_every_steps` the step metrics are fetched, checked for non-finite losses, averaged and written
-(TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved every `checkpoint_every_epochs`, at the
-end, on SIGTERM (or the multi-host preemption notice) and at `config.stop_at_step`; the last two stop the
-run, which the same command later resumes. Evaluation runs every `eval_every_epochs` with
+(TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved, after checking that every parameter is
+finite, every `checkpoint_every_epochs`, at the end, on SIGTERM (or the multi-host preemption notice) and at
+`config.stop_at_step`; the last two stop the run, which the same command later resumes. A NaN/inf loss or
+parameter raises `guards.TrainingDivergedError` without saving (`guards`). Evaluation runs every `eval_every_epochs` with
 `eval_clip_selection` and once at the end with `final_clip_selection`; the final results go to
 `<workdir>/results.json` and are returned.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -37,24 +37,24 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from flax import linen as nn
 from jax.sharding import Mesh
 
 from lstrl_jax import sharding
 from lstrl_jax.data import pipeline
 from lstrl_jax.data.datasets import load_dataset
+from lstrl_jax.data.index import VideoReIDDataset
 from lstrl_jax.evaluation import evaluator
 from lstrl_jax.models import lstrl
 from lstrl_jax.train import checkpoint
+from lstrl_jax.train import guards
 from lstrl_jax.train import losses
 from lstrl_jax.train import optim
 from lstrl_jax.train import state as state_lib
 from lstrl_jax.train import writers
 
 CLIP_SELECTIONS = ('rrs', 'dense')
-
-
-class NonFiniteLossError(RuntimeError):
-  """The training loss became NaN or infinite; the run stopped without saving the bad state."""
+StepFn = Callable[[state_lib.TrainState, dict[str, jax.Array]], tuple[state_lib.TrainState, dict[str, jax.Array]]]
 
 
 def train_step(
@@ -97,7 +97,7 @@ def train_step(
 
 def make_train_step(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule, mesh: Mesh
-) -> Callable[[state_lib.TrainState, dict[str, jax.Array]], tuple[state_lib.TrainState, dict[str, jax.Array]]]:
+) -> StepFn:
   """`train_step` jitted over `mesh`: state replicated and donated, batch sharded, metrics replicated.
 
   Raises:
@@ -142,81 +142,124 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.{key}: expected {expected}, got {value!r}')
 
 
-class _StopRequest:
-  """Turns SIGTERM into a flag the loop polls after each step (restoring the old handler on exit).
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What `train_loop` reads and never replaces during one run (built by `train_and_evaluate`).
 
-  A single process installs its own handler. In a multi-host job JAX's preemption service already catches
-  the signal, and every process learns of it at the same step through `manager.reached_preemption`.
+  Attributes:
+    config: the run's config (log/checkpoint/eval cadence, stop_at_step, batch size).
+    dataset: the dataset index (evaluation).
+    model: the network (evaluation).
+    mesh: the data-parallel mesh.
+    step_fn: the jitted train step (`make_train_step`).
+    data_iterator: the training batches; a grain iterator with get_state/set_state.
+    manager: the checkpoint manager.
+    writer: TensorBoard / metrics.jsonl / progress bar.
+    steps_per_epoch: optimiser steps per epoch.
+    total_steps: steps of the whole run.
   """
 
-  def __init__(self, manager: ocp.CheckpointManager):
-    self._manager = manager
-    self._requested = False
-    self._previous = None
-
-  def __enter__(self) -> _StopRequest:
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def _handle(self, signum, frame) -> None:
-    del signum, frame
-    self._requested = True
-
-  def requested(self, step: int) -> bool:
-    """Whether to save and stop after `step` (call once per step on every process)."""
-    if jax.process_count() > 1:
-      return self._manager.reached_preemption(step)
-    return self._requested
+  config: ml_collections.ConfigDict
+  dataset: VideoReIDDataset
+  model: nn.Module
+  mesh: Mesh
+  step_fn: StepFn
+  data_iterator: Any  # grain.DataLoaderIterator
+  manager: ocp.CheckpointManager
+  writer: writers.MetricWriter
+  steps_per_epoch: int
+  total_steps: int
 
 
-def _summarise(pending: list[dict[str, jax.Array]], first_step: int, manager, steps_per_epoch: int):
-  """Fetches the metrics of steps first_step+1.., raises on a non-finite loss, returns their means."""
+def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, seconds: float) -> None:
+  """Fetches the metrics of steps first_step+1.., checks the losses are finite, records their means."""
   values = jax.device_get(pending)
-  loss = np.array([v['loss'] for v in values])
-  if not np.all(np.isfinite(loss)):
-    bad = int(np.argmin(np.isfinite(loss)))
-    manager.wait_until_finished()
-    last = manager.latest_step()
-    kept = f'last good checkpoint: step {last} in {manager.directory}' if last is not None else 'no checkpoint saved'
-    raise NonFiniteLossError(
-        f'training loss is {loss[bad]} at step {first_step + bad + 1} (epoch {(first_step + bad) // steps_per_epoch + 1}); '
-        f'stopped without saving ({kept}); lower config.learning_rate or check the data'
-    )
-  summary = {f'train/{k}': float(np.mean([v[k] for v in values])) for k in values[0] if k != 'learning_rate'}
-  summary['train/learning_rate'] = float(values[-1]['learning_rate'])
-  return summary
+  guards.check_losses([v['loss'] for v in values], first_step, run.manager)
+  step = first_step + len(values)
+  means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != 'learning_rate'}
+  clips_per_s = len(values) * run.config.num_identities * run.config.num_instances / max(seconds, 1e-9)
+  scalars = {f'train/{k}': v for k, v in means.items()}
+  scalars.update({
+      'train/learning_rate': float(values[-1]['learning_rate']),
+      'train/epoch': step / run.steps_per_epoch,
+      'train/clips_per_s': clips_per_s,
+  })
+  run.writer.write(step, scalars)
+  run.writer.show(
+      epoch=f'{step / run.steps_per_epoch:.2f}',
+      loss=f'{means["loss"]:.4f}',
+      ce=f'{means["ce"]:.4f}',
+      triplet=f'{means["triplet"]:.4f}',
+      lr=f'{scalars["train/learning_rate"]:.2e}',
+      clips_s=f'{clips_per_s:.1f}',
+  )
 
 
-def _evaluate(model, state, dataset, config, clip_selection, mesh, writer, step) -> dict[str, Any]:
+def _evaluate(run: Run, state: state_lib.TrainState, clip_selection: str, step: int) -> dict[str, Any]:
   """Runs the evaluator on the current weights, records and prints the results; returns them."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  start = time.time()
-  results = evaluator.evaluate(model, variables, dataset, config, clip_selection=clip_selection, mesh=mesh)
-  scalars = writers.flatten_scalars(results, f'eval_{clip_selection}')
-  writer.write(step, scalars)
-  shown = ' '.join(f'{k.split("/", 1)[1]}={v:.4g}' for k, v in scalars.items())
-  writer.print_line(f'step {step} eval ({clip_selection}, {time.time() - start:.0f} s): {shown}')
+  results = evaluator.evaluate(
+      run.model, variables, run.dataset, run.config, clip_selection=clip_selection, mesh=run.mesh
+  )
+  run.writer.write(step, writers.flatten_scalars(results['conventions'], f'eval_{clip_selection}'))
+  run.writer.print_line(evaluator.format_results(dict(results, step=step)))
   return results
+
+
+def train_loop(
+    run: Run, state: state_lib.TrainState, step: int, stop_request: guards.StopRequest
+) -> tuple[state_lib.TrainState, int, bool]:
+  """Trains from `step` to `run.total_steps` or to a stop request.
+
+  Logs, checkpoints and evaluates on the config's cadence (module docstring). A stop request (SIGTERM,
+  preemption, `config.stop_at_step`) saves a checkpoint at the current step and returns.
+
+  Returns:
+    (state, step, stopped early).
+
+  Raises:
+    guards.TrainingDivergedError: a NaN/inf loss or parameter; nothing is saved after it.
+  """
+  config = run.config
+  pending, pending_from, tick = [], step, time.time()
+  while step < run.total_steps:
+    state, metrics = run.step_fn(state, sharding.shard_batch(next(run.data_iterator), run.mesh))
+    step += 1
+    pending.append(metrics)
+    run.writer.advance()
+    epoch, within_epoch = divmod(step, run.steps_per_epoch)
+    epoch_done = within_epoch == 0
+    stop = stop_request.requested(step) or step == config.stop_at_step
+    last = step == run.total_steps
+    if step % config.log_every_steps == 0 or epoch_done or stop or last:
+      _log_train(run, pending, pending_from, time.time() - tick)
+      pending, pending_from, tick = [], step, time.time()
+    if stop or last or (epoch_done and epoch % config.checkpoint_every_epochs == 0):
+      guards.check_params(state.params, step, run.manager)
+      checkpoint.save(run.manager, step, state, run.data_iterator, config)
+    if stop:
+      return state, step, True
+    if epoch_done and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
+      _evaluate(run, state, config.eval_clip_selection, step)
+      tick = time.time()
+  return state, step, False
+
+
+def _initial_state(run: Run, tx: optax.GradientTransformation) -> tuple[state_lib.TrainState, int]:
+  """Restores the latest checkpoint (state and data position) or builds a fresh replicated state."""
+  if run.manager.latest_step() is None:
+    # XLA's RngBitGenerator: the hundreds of initialisers compile in a fraction of threefry's time.
+    key = jax.random.key(run.config.seed, impl='rbg')
+    return state_lib.create_train_state(run.model, run.config, tx, key, run.mesh), 0
+  abstract = state_lib.abstract_train_state(run.model, run.config, tx, run.mesh)
+  state, step = checkpoint.restore(run.manager, abstract, run.data_iterator)
+  run.writer.print_line(f'resumed from {run.manager.directory / str(step)}')
+  return state, step
 
 
 def _to_json(value: Any) -> Any:
   """JSON form of the numpy/jax scalars and arrays in evaluation results."""
   return np.asarray(value).tolist()
-
-
-def _initial_state(manager, model, config, tx, mesh, data_iterator, writer_line):
-  """Restores the latest checkpoint (state and data position) or builds a fresh replicated state."""
-  if manager.latest_step() is not None:
-    abstract = state_lib.abstract_train_state(model, config, tx, mesh)
-    state, step = checkpoint.restore(manager, abstract, data_iterator)
-    writer_line(f'resumed from {manager.directory / str(step)}')
-    return state, step
-  return state_lib.create_train_state(model, config, tx, jax.random.key(config.seed), mesh), 0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -233,71 +276,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   Raises:
     DatasetError: the dataset cannot be read. ValueError: a config key out of range or a batch that does
     not divide over the devices. CheckpointError: the workdir's checkpoint does not fit this config.
-    NonFiniteLossError: the loss diverged (the last good checkpoint is kept).
+    TrainingDivergedError: the loss or the parameters became NaN/inf (the last good checkpoint is kept).
   """
   sharding.maybe_initialize_distributed()
   check_config(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh()
   dataset = load_dataset(config.dataset, config.data_dir, split=config.split)
+  model = lstrl.model_from_config(config.model, dataset.num_train_pids)
   steps_per_epoch = pipeline.steps_per_epoch(dataset, config)
   total_steps = config.num_epochs * steps_per_epoch
-  global_batch = config.num_identities * config.num_instances
-
-  model = lstrl.model_from_config(config.model, dataset.num_train_pids)
   learning_rate_fn = optim.learning_rate_schedule(config, steps_per_epoch)
-  tx = optim.make_optimizer(config, steps_per_epoch, lstrl.trainable_mask)
   step_fn = make_train_step(config, learning_rate_fn, mesh)
+  tx = optim.make_optimizer(config, steps_per_epoch, lstrl.trainable_mask)
   data_iterator = iter(pipeline.train_loader(dataset, config, seed=config.seed))
+  # Everything above validates the config; only now is anything written.
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   manager = checkpoint.make_manager(workdir, config.max_checkpoints)
-  writer = writers.MetricWriter(workdir, total_steps, initial_step=min(manager.latest_step() or 0, total_steps))
-  writer.print_line(
-      f'{dataset.name}: {len(dataset.train)} training tracklets, {dataset.num_train_pids} identities; '
-      f'{steps_per_epoch} steps/epoch x {config.num_epochs} epochs, global batch {global_batch} clips on '
-      f'{mesh.devices.size} device(s)'
+  run = Run(
+      config=config,
+      dataset=dataset,
+      model=model,
+      mesh=mesh,
+      step_fn=step_fn,
+      data_iterator=data_iterator,
+      manager=manager,
+      writer=writers.MetricWriter(workdir, total_steps, initial_step=min(manager.latest_step() or 0, total_steps)),
+      steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps,
   )
-  state, step = _initial_state(manager, model, config, tx, mesh, data_iterator, writer.print_line)
-  stopped = False
   try:
-    with _StopRequest(manager) as stop_request:
-      pending, pending_from, tick = [], step, time.time()
-      while step < total_steps and not stopped:
-        state, metrics = step_fn(state, sharding.shard_batch(next(data_iterator), mesh))
-        step += 1
-        pending.append(metrics)
-        writer.advance()
-        epoch_done = step % steps_per_epoch == 0
-        stopped = stop_request.requested(step) or step == config.stop_at_step
-        if step % config.log_every_steps == 0 or epoch_done or stopped or step == total_steps:
-          summary = _summarise(pending, pending_from, manager, steps_per_epoch)
-          clips_per_s = len(pending) * global_batch / max(time.time() - tick, 1e-9)
-          writer.write(step, {**summary, 'train/epoch': step / steps_per_epoch, 'train/clips_per_s': clips_per_s})
-          writer.show(
-              epoch=f'{step / steps_per_epoch:.2f}',
-              loss=f'{summary["train/loss"]:.4f}',
-              ce=f'{summary["train/ce"]:.4f}',
-              triplet=f'{summary["train/triplet"]:.4f}',
-              lr=f'{summary["train/learning_rate"]:.2e}',
-              clips_s=f'{clips_per_s:.1f}',
-          )
-          pending, pending_from, tick = [], step, time.time()
-        epoch = step // steps_per_epoch
-        if stopped or step == total_steps or (epoch_done and epoch % config.checkpoint_every_epochs == 0):
-          checkpoint.save(manager, step, state, data_iterator, config)
-        if epoch_done and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and step < total_steps:
-          _evaluate(model, state, dataset, config, config.eval_clip_selection, mesh, writer, step)
-          tick = time.time()
+    with guards.StopRequest(manager) as stop_request:
+      run.writer.print_line(
+          f'{dataset.name}: {len(dataset.train)} training tracklets, {dataset.num_train_pids} identities; '
+          f'{steps_per_epoch} steps/epoch x {config.num_epochs} epochs; global batch '
+          f'{config.num_identities * config.num_instances} clips on {mesh.devices.size} device(s)'
+      )
+      state, step = _initial_state(run, tx)
+      state, step, stopped = train_loop(run, state, step, stop_request)
     manager.wait_until_finished()
-    summary = {'step': step, 'epoch': step / steps_per_epoch, 'completed': step >= total_steps}
+    summary = {'step': step, 'epoch': step / steps_per_epoch, 'completed': not stopped}
     if stopped:
-      writer.print_line(f'stopped at step {step}; saved {manager.directory / str(step)}; run again to resume')
+      run.writer.print_line(f'stopped at step {step}; saved {manager.directory / str(step)}; run again to resume')
       return summary
-    results = _evaluate(model, state, dataset, config, config.final_clip_selection, mesh, writer, step)
+    results = _evaluate(run, state, config.final_clip_selection, step)
     summary.update(clip_selection=config.final_clip_selection, results=results)
     if jax.process_index() == 0:
       (workdir / 'results.json').write_text(json.dumps(summary, indent=2, default=_to_json) + '\n')
     return summary
   finally:
     manager.close()
-    writer.close()
+    run.writer.close()

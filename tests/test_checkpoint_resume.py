@@ -1,0 +1,161 @@
+"""Checkpoints, SIGTERM and exact resume, through `python train.py` on a tiny generated dataset.
+
+Every run is a separate process (as a preempted job would be), training a plain ResNet-18 LSTRL (MAE/BME
+off) on 32x16 clips of T=2, P=2 x K=2, 2 steps per epoch. The runs share a persistent compilation cache,
+so only the first run of each distinct program compiles.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lstrl_jax.data import demo
+from lstrl_jax.train import checkpoint
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# tensorboardX imports torch whenever it is installed; torch is a test-only dependency that costs seconds.
+RUN_TRAIN = """
+import runpy, sys
+sys.modules['torch'] = None
+sys.argv = ['train.py', *sys.argv[1:]]
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+TINY = (
+    '--config=configs/demo.py',
+    '--config.seq_len=2',
+    '--config.height=32',
+    '--config.width=16',
+    '--config.num_identities=2',
+    '--config.num_instances=2',
+    '--config.num_workers=0',
+    '--config.augment.pad=2',
+    '--config.model.mae_stages=()',
+    '--config.model.bme_stages=()',
+    '--config.num_epochs=3',
+    '--config.warmup_epochs=1',
+    '--config.eval_every_epochs=2',
+    '--config.checkpoint_every_epochs=1',
+    '--config.log_every_steps=1',
+    '--config.final_clip_selection=rrs',
+    '--config.eval_batch_size=4',
+)
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  """Data (8 persons: 4 training identities, 2 steps per epoch) and the shared compilation cache."""
+  root = tmp_path_factory.mktemp('resume')
+  data = demo.generate(root / 'demo', num_persons=8, frames=4, height=32, width=16)
+  variables = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      PYTHONUNBUFFERED='1',
+      JAX_COMPILATION_CACHE_DIR=str(root / 'jax_cache'),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+  )
+  return data, variables
+
+
+def start(env, workdir, *overrides, stderr=subprocess.PIPE) -> subprocess.Popen:
+  """Starts train.py on the tiny config (stdout unbuffered, line by line)."""
+  data, variables = env
+  args = [sys.executable, '-c', RUN_TRAIN, *TINY, f'--config.data_dir={data}', f'--workdir={workdir}', *overrides]
+  return subprocess.Popen(args, cwd=REPO, env=variables, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def train(env, workdir, *overrides, returncode=0) -> str:
+  """Runs train.py to its end; returns stdout + stderr."""
+  process = start(env, workdir, *overrides)
+  stdout, stderr = process.communicate(timeout=600)
+  assert process.returncode == returncode, stderr[-3000:]
+  return stdout + stderr
+
+
+def leaves(path):
+  _, variables, step = checkpoint.load_for_eval(path)
+  return step, [np.asarray(leaf) for leaf in jax.tree.leaves(variables)]
+
+
+@pytest.fixture(scope='module')
+def straight(env, tmp_path_factory):
+  """A run of all 6 steps in one process."""
+  workdir = tmp_path_factory.mktemp('straight')
+  train(env, workdir)
+  return workdir
+
+
+def test_straight_run_writes_results_logs_and_checkpoints(straight):
+  assert sorted(int(p.name) for p in (straight / 'checkpoints').iterdir()) == [2, 4, 6]  # every epoch
+  records = [json.loads(line) for line in (straight / 'metrics.jsonl').read_text().splitlines()]
+  train_steps = [r['step'] for r in records if 'train/loss' in r]
+  assert train_steps == [1, 2, 3, 4, 5, 6]
+  for record in records:
+    if 'train/loss' in record:
+      assert record['train/loss'] == pytest.approx(record['train/ce'] + record['train/triplet'], rel=1e-5)
+      assert record['train/clips_per_s'] > 0
+  assert [r['step'] for r in records if 'eval_rrs/cross_camera/R-1' in r] == [4, 6]
+  results = json.loads((straight / 'results.json').read_text())
+  assert results['step'] == 6 and results['completed']
+  assert 0 <= results['results']['conventions']['cross_camera']['mAP'] <= 1
+  assert list((straight / 'tensorboard').glob('events.out.tfevents.*'))
+  config, variables, step = checkpoint.load_for_eval(straight)
+  assert step == 6 and config.model.mae_stages == () and config.num_epochs == 3
+  assert np.array_equal(np.asarray(variables['params']['bnneck']['bias']), np.zeros(512, np.float32))
+
+
+def test_sigterm_saves_and_the_resumed_run_is_bitwise_identical(env, straight, tmp_path):
+  log = tmp_path / 'stderr.txt'
+  with open(log, 'w') as stderr:
+    process = start(env, tmp_path / 'run', stderr=stderr)
+    # The startup line is printed once the SIGTERM handler is in place, before the first step.
+    for line in process.stdout:
+      if 'device(s)' in line:
+        process.send_signal(signal.SIGTERM)
+        break
+    stdout, _ = process.communicate(timeout=600)
+  assert process.returncode == 0, log.read_text()[-3000:]
+  stopped = int(stdout.split('stopped at step ')[1].split(';')[0])
+  assert 1 <= stopped < 6  # the handler only sets a flag: the step in progress finishes, then it saves
+  assert checkpoint.load_for_eval(tmp_path / 'run')[2] == stopped
+  assert not (tmp_path / 'run' / 'results.json').exists()
+
+  output = train(env, tmp_path / 'run')
+  assert f'resumed from {tmp_path}/run/checkpoints/{stopped}' in output
+  step, resumed = leaves(tmp_path / 'run')
+  straight_step, expected = leaves(straight)
+  assert step == straight_step == 6
+  assert len(resumed) == len(expected)
+  assert all(np.array_equal(a, b) for a, b in zip(resumed, expected))
+  assert json.loads((tmp_path / 'run' / 'results.json').read_text())['results'] == json.loads(
+      (straight / 'results.json').read_text()
+  )['results']
+
+
+def test_load_for_eval_errors(straight, tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match='no such checkpoint directory'):
+    checkpoint.load_for_eval(tmp_path / 'missing')
+  with pytest.raises(checkpoint.CheckpointError, match='no checkpoint found'):
+    checkpoint.load_for_eval(tmp_path)
+  broken = tmp_path / 'broken' / 'checkpoints'
+  shutil.copytree(straight / 'checkpoints' / '6', broken / '6')
+  shutil.rmtree(broken / '6' / 'config')
+  with pytest.raises(checkpoint.CheckpointError, match='6: unreadable checkpoint: KeyError'):
+    checkpoint.load_for_eval(broken.parent)
+  for data in (broken / '6' / 'state').glob('ocdbt.process_*'):
+    shutil.rmtree(data)
+  shutil.rmtree(broken / '6' / 'state' / 'd')
+  with pytest.raises(checkpoint.CheckpointError, match='unreadable checkpoint') as error:
+    checkpoint.load_for_eval(broken / '6')
+  assert '\n' not in str(error.value)
+  assert checkpoint.load_for_eval(straight / 'checkpoints' / '4')[2] == 4
