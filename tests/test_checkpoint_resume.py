@@ -98,12 +98,13 @@ def straight(env, tmp_path_factory):
 def test_straight_run_writes_results_logs_and_checkpoints(straight):
   assert sorted(int(p.name) for p in (straight / 'checkpoints').iterdir()) == [2, 4, 6]  # every epoch
   records = [json.loads(line) for line in (straight / 'metrics.jsonl').read_text().splitlines()]
-  train_steps = [r['step'] for r in records if 'train/loss' in r]
-  assert train_steps == [1, 2, 3, 4, 5, 6]
-  for record in records:
-    if 'train/loss' in record:
-      assert record['train/loss'] == pytest.approx(record['train/ce'] + record['train/triplet'], rel=1e-5)
-      assert record['train/clips_per_s'] > 0
+  train_records = [r for r in records if 'train/loss' in r]
+  assert [r['step'] for r in train_records] == [1, 2, 3, 4, 5, 6]
+  for record in train_records:
+    assert record['train/loss'] == pytest.approx(record['train/ce'] + record['train/triplet'], rel=1e-5)
+  # Throughput leaves out the first step (compilation).
+  assert 'train/clips_per_s' not in train_records[0]
+  assert all(r['train/clips_per_s'] > 0 for r in train_records[1:])
   assert [r['step'] for r in records if 'eval_rrs/cross_camera/R-1' in r] == [4, 6]
   results = json.loads((straight / 'results.json').read_text())
   assert results['step'] == 6 and results['completed']

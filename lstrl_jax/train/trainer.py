@@ -171,19 +171,36 @@ class Run:
   total_steps: int
 
 
-def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, seconds: float) -> None:
+class _Throughput:
+  """Training clips per second since the last reading, leaving out compilation and evaluation time."""
+
+  def __init__(self, clips_per_step: int):
+    self._clips_per_step = clips_per_step
+    self.restart()
+
+  def restart(self) -> None:
+    self._start, self._steps = time.time(), 0
+
+  def count(self) -> None:
+    self._steps += 1
+
+  def read(self) -> float | None:
+    """Clips/s over the steps counted since the last restart or reading (None if none), then restarts."""
+    value = self._steps * self._clips_per_step / max(time.time() - self._start, 1e-9) if self._steps else None
+    self.restart()
+    return value
+
+
+def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, clips_per_s: float | None) -> None:
   """Fetches the metrics of steps first_step+1.., checks the losses are finite, records their means."""
   values = jax.device_get(pending)
   guards.check_losses([v['loss'] for v in values], first_step, run.manager)
   step = first_step + len(values)
   means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != 'learning_rate'}
-  clips_per_s = len(values) * run.config.num_identities * run.config.num_instances / max(seconds, 1e-9)
   scalars = {f'train/{k}': v for k, v in means.items()}
-  scalars.update({
-      'train/learning_rate': float(values[-1]['learning_rate']),
-      'train/epoch': step / run.steps_per_epoch,
-      'train/clips_per_s': clips_per_s,
-  })
+  scalars.update({'train/learning_rate': float(values[-1]['learning_rate']), 'train/epoch': step / run.steps_per_epoch})
+  if clips_per_s is not None:
+    scalars['train/clips_per_s'] = clips_per_s
   run.writer.write(step, scalars)
   run.writer.show(
       epoch=f'{step / run.steps_per_epoch:.2f}',
@@ -191,7 +208,7 @@ def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, s
       ce=f'{means["ce"]:.4f}',
       triplet=f'{means["triplet"]:.4f}',
       lr=f'{scalars["train/learning_rate"]:.2e}',
-      clips_s=f'{clips_per_s:.1f}',
+      clips_s='-' if clips_per_s is None else f'{clips_per_s:.1f}',
   )
 
 
@@ -221,19 +238,25 @@ def train_loop(
     guards.TrainingDivergedError: a NaN/inf loss or parameter; nothing is saved after it.
   """
   config = run.config
-  pending, pending_from, tick = [], step, time.time()
+  pending, pending_from, first_step = [], step, step
+  throughput = _Throughput(config.num_identities * config.num_instances)
   while step < run.total_steps:
     state, metrics = run.step_fn(state, sharding.shard_batch(next(run.data_iterator), run.mesh))
     step += 1
     pending.append(metrics)
     run.writer.advance()
+    if step == first_step + 1:  # the first step of a process includes compilation: time from its end
+      jax.block_until_ready(metrics)
+      throughput.restart()
+    else:
+      throughput.count()
     epoch, within_epoch = divmod(step, run.steps_per_epoch)
     epoch_done = within_epoch == 0
     stop = stop_request.requested(step) or step == config.stop_at_step
     last = step == run.total_steps
     if step % config.log_every_steps == 0 or epoch_done or stop or last:
-      _log_train(run, pending, pending_from, time.time() - tick)
-      pending, pending_from, tick = [], step, time.time()
+      _log_train(run, pending, pending_from, throughput.read())
+      pending, pending_from = [], step
     if stop or last or (epoch_done and epoch % config.checkpoint_every_epochs == 0):
       guards.check_params(state.params, step, run.manager)
       checkpoint.save(run.manager, step, state, run.data_iterator, config)
@@ -241,7 +264,7 @@ def train_loop(
       return state, step, True
     if epoch_done and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
       _evaluate(run, state, config.eval_clip_selection, step)
-      tick = time.time()
+      throughput.restart()
   return state, step, False
 
 
