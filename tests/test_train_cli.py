@@ -38,11 +38,15 @@ def test_user_errors_exit_1_with_one_line(tmp_path):
   missing = tmp_path / 'no_such_data'
   cases = {
       'missing_data': (f'--config.data_dir={missing}', str(missing)),
-      'bad_value': ('--config.eval_clip_selection=every', "config.eval_clip_selection: expected one of ('rrs', 'dense')"),
+      'bad_value': (
+          '--config.eval_clip_selection=every', "config.eval_clip_selection: expected one of ('rrs', 'dense')"
+      ),
       'bad_model_key': ('--config.model.bme_mode=sideways', "model.bme_mode: expected one of"),
   }
   runs = {
-      name: start_train('--config=configs/demo.py', f'--config.data_dir={data}', override, f'--workdir={tmp_path / name}')
+      name: start_train(
+          '--config=configs/demo.py', f'--config.data_dir={data}', override, f'--workdir={tmp_path / name}'
+      )
       for name, (override, _) in cases.items()
   }
   for name, process in runs.items():

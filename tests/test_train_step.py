@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from lstrl_jax import sharding
 from lstrl_jax.data import pipeline
 from lstrl_jax.models import lstrl
+from lstrl_jax.models import weights
 from lstrl_jax.train import checkpoint
 from lstrl_jax.train import guards
 from lstrl_jax.train import losses
@@ -262,3 +264,33 @@ def test_parameter_check_names_the_step_and_the_last_checkpoint(tmp_path):
     guards.check_params({'w': jnp.array([1.0, jnp.inf, 0.0]), 'b': jnp.zeros(2)}, 5, manager)
   with pytest.raises(guards.TrainingDivergedError, match='training loss is inf at step 8'):
     guards.check_losses([1.0, 2.0, float('inf'), float('nan')], 5, manager)
+
+
+def test_pretrained_backbone_is_loaded_before_the_optimiser_state(tmp_path):
+  # A random torchvision-layout ResNet-18 file, written from the model's own leaves (kernels as OIHW).
+  config = tiny_config()
+  config.update(dict(seq_len=2, height=32, width=16))
+  model = lstrl.LSTRL(num_classes=3, depth=18, mae_stages=(), bme_stages=())
+  tx = optim.make_optimizer(config, 4, lstrl.trainable_mask)
+  mesh = sharding.make_mesh()
+  abstract = state_lib.abstract_train_state(model, config, tx, mesh)
+  rng = np.random.default_rng(0)
+  tensors = {}
+  leaves = weights.backbone_leaves({'params': abstract.params, 'batch_stats': abstract.batch_stats})
+  for key, (path, leaf) in leaves.items():
+    shape = tuple(leaf.shape[i] for i in weights.HWIO_TO_OIHW) if path[-1] == 'kernel' else leaf.shape
+    tensors[key] = rng.uniform(0.5, 1.5, size=shape).astype(np.float32)
+  path = str(tmp_path / 'resnet18.safetensors')
+  safetensors.numpy.save_file(tensors, path)
+
+  config.model.pretrained = path
+  state = jax.device_get(state_lib.create_train_state(model, config, tx, jax.random.key(0, impl='rbg'), mesh))
+  config.model.pretrained = ''
+  plain = jax.device_get(state_lib.create_train_state(model, config, tx, jax.random.key(0, impl='rbg'), mesh))
+  backbone = state.params['backbone']
+  np.testing.assert_array_equal(backbone['conv1']['kernel'], tensors['conv1.weight'].transpose(weights.OIHW_TO_HWIO))
+  np.testing.assert_array_equal(backbone['layer4_1']['bn2']['bias'], tensors['layer4.1.bn2.bias'])
+  np.testing.assert_array_equal(state.batch_stats['backbone']['bn1']['var'], tensors['bn1.running_var'])
+  np.testing.assert_array_equal(state.params['classifier']['kernel'], plain.params['classifier']['kernel'])
+  assert not np.array_equal(backbone['conv1']['kernel'], plain.params['backbone']['conv1']['kernel'])
+  assert all(not np.any(leaf) for leaf in jax.tree.leaves(state.opt_state))  # fresh Adam moments, count 0

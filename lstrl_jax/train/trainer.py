@@ -11,15 +11,20 @@ The paper's PyTorch code (DataParallel) normalised with per-GPU statistics; the 
 when the per-device batch is small, and on one device the two coincide. Results are therefore independent
 of the device count up to float summation order.
 
+Precision: `config.model.dtype='bfloat16'` computes the backbone, MAE and BME in bfloat16 with float32
+parameters, BatchNorm statistics and Adam moments; the head, the logits and both losses stay float32.
+Multi-host: `sharding.maybe_initialize_distributed()` joins the job; every process runs this same loop on
+its shard of the data (`pipeline.train_loader` shards by process), and process 0 alone writes logs.
+
 Loop: resume from `<workdir>/checkpoints` when it holds a step (state, data iterator and config, see
-`checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is set).
-Every `log_every_steps` the step metrics are fetched, checked for non-finite losses, averaged and written
+`checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is set). Every
+`log_every_steps` the step metrics are fetched, checked for non-finite losses, averaged and written
 (TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved, after checking that every parameter is
 finite, every `checkpoint_every_epochs`, at the end, on SIGTERM (or the multi-host preemption notice) and at
 `config.stop_at_step`; the last two stop the run, which the same command later resumes. A NaN/inf loss or
-parameter raises `guards.TrainingDivergedError` without saving (`guards`). Evaluation runs every `eval_every_epochs` with
-`eval_clip_selection` and once at the end with `final_clip_selection`; the final results go to
-`<workdir>/results.json` and are returned.
+parameter raises `guards.TrainingDivergedError` without saving (`guards`). Evaluation runs every
+`eval_every_epochs` with `eval_clip_selection` and once at the end with `final_clip_selection`; the final
+results go to `<workdir>/results.json` and are returned.
 """
 
 from __future__ import annotations
