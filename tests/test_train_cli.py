@@ -41,7 +41,6 @@ def test_user_errors_exit_1_with_one_line(tmp_path):
       'bad_value': (
           '--config.eval_clip_selection=every', "config.eval_clip_selection: expected one of ('rrs', 'dense')"
       ),
-      'bad_model_key': ('--config.model.bme_mode=sideways', "model.bme_mode: expected one of"),
   }
   runs = {
       name: start_train(

@@ -196,9 +196,10 @@ class _Throughput:
     return value
 
 
-def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, clips_per_s: float | None) -> None:
+def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, throughput: _Throughput) -> None:
   """Fetches the metrics of steps first_step+1.., checks the losses are finite, records their means."""
-  values = jax.device_get(pending)
+  values = jax.device_get(pending)  # waits for the dispatched steps, so the throughput reading includes them
+  clips_per_s = throughput.read()
   guards.check_losses([v['loss'] for v in values], first_step, run.manager)
   step = first_step + len(values)
   means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != 'learning_rate'}
@@ -260,7 +261,7 @@ def train_loop(
     stop = stop_request.requested(step) or step == config.stop_at_step
     last = step == run.total_steps
     if step % config.log_every_steps == 0 or epoch_done or stop or last:
-      _log_train(run, pending, pending_from, throughput.read())
+      _log_train(run, pending, pending_from, throughput)
       pending, pending_from = [], step
     if stop or last or (epoch_done and epoch % config.checkpoint_every_epochs == 0):
       guards.check_params(state.params, step, run.manager)
