@@ -46,7 +46,7 @@ def save(
     manager: ocp.CheckpointManager,
     step: int,
     state: Any,
-    data_iterator: grain.DataLoaderIterator,
+    data_iterator: grain.DataLoaderIterator | grain.DatasetIterator,
     config: ml_collections.ConfigDict,
 ) -> None:
   """Saves the train state, the data iterator position and the config as checkpoint `step`."""
@@ -61,7 +61,9 @@ def save(
 
 
 def restore(
-    manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: grain.DataLoaderIterator
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    data_iterator: grain.DataLoaderIterator | grain.DatasetIterator,
 ) -> tuple[Any, int]:
   """Restores the latest checkpoint into the structure/shardings of `abstract_state` and the iterator.
 
