@@ -28,17 +28,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_workers = 0
   config.model.depth = 18
   config.learning_rate = 1e-3
-  config.num_epochs = 60
+  config.num_epochs = 40
   config.warmup_epochs = 5
-  config.decay_every_epochs = 40
+  config.decay_every_epochs = 30
   config.eval_every_epochs = 20
   config.eval_batch_size = 32
   config.log_every_steps = 8
   config.checkpoint_every_epochs = 20
   if arg == 'short':
-    config.num_epochs = 12
-    config.decay_every_epochs = 10
+    config.num_epochs = 16
+    config.decay_every_epochs = 12
     config.eval_every_epochs = 0
-    config.checkpoint_every_epochs = 12
+    config.checkpoint_every_epochs = 16
     return config
   return default.variant(config, arg, 'configs/pku2cam.py')

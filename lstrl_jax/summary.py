@@ -22,8 +22,10 @@ from ml_collections import config_flags
 from lstrl_jax.models import macs
 from lstrl_jax.models.lstrl import model_from_config
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Python config file, e.g. configs/default.py.')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', 625, 'Classifier outputs (training identities; MARS: 625).')
+def define_flags() -> None:
+  """Defines the command's flags (only when run as a program, so importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'Python config file, e.g. configs/default.py.')
+  flags.DEFINE_integer('num_classes', 625, 'Classifier outputs (training identities; MARS: 625).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +105,17 @@ def format_summary(summary: ModelSummary, model_config: ml_collections.ConfigDic
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   if config is None:
     raise app.UsageError('--config is required, e.g. --config configs/default.py')
   try:
-    summary = summarize(config, _NUM_CLASSES.value)
+    summary = summarize(config, flags.FLAGS.num_classes)
   except ValueError as error:
     print(f'summary: error: {error}', file=sys.stderr)
     sys.exit(1)
-  print(format_summary(summary, config.model, _NUM_CLASSES.value))
+  print(format_summary(summary, config.model, flags.FLAGS.num_classes))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -207,27 +207,31 @@ def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16
   return out
 
 
-_OUT = flags.DEFINE_string('out', None, 'Destination folder (must not exist), e.g. data/demo.', required=True)
-_NUM_PERSONS = flags.DEFINE_integer('num_persons', 40, 'Number of identities.', lower_bound=2)
-_FRAMES = flags.DEFINE_integer('frames', 16, 'Frames per tracklet.', lower_bound=1)
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of every random choice.')
-_HEIGHT = flags.DEFINE_integer('height', 128, 'Frame height in pixels.', lower_bound=16)
-_WIDTH = flags.DEFINE_integer('width', 64, 'Frame width in pixels.', lower_bound=8)
+def define_flags() -> None:
+  """Defines the command's flags (only when run as a program, so importing this module defines none)."""
+  flags.DEFINE_string('out', None, 'Destination folder (must not exist), e.g. data/demo.', required=True)
+  flags.DEFINE_integer('num_persons', 40, 'Number of identities.', lower_bound=2)
+  flags.DEFINE_integer('frames', 16, 'Frames per tracklet.', lower_bound=1)
+  flags.DEFINE_integer('seed', 0, 'Seed of every random choice.')
+  flags.DEFINE_integer('height', 128, 'Frame height in pixels.', lower_bound=16)
+  flags.DEFINE_integer('width', 64, 'Frame width in pixels.', lower_bound=8)
 
 
 def main(argv: Sequence[str]) -> int:
   """Entry point: writes the dataset and prints its path; DatasetError -> one line on stderr, exit 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  args = flags.FLAGS
   try:
-    out = generate(_OUT.value, num_persons=_NUM_PERSONS.value, frames=_FRAMES.value, seed=_SEED.value,
-                   height=_HEIGHT.value, width=_WIDTH.value)
+    out = generate(args.out, num_persons=args.num_persons, frames=args.frames, seed=args.seed,
+                   height=args.height, width=args.width)
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(f'wrote {_NUM_PERSONS.value} persons x 2 cameras x {_FRAMES.value} frames to {out}')
+  print(f'wrote {args.num_persons} persons x 2 cameras x {args.frames} frames to {out}')
   return 0
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

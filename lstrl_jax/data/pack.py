@@ -19,21 +19,23 @@ from ml_collections import config_flags
 from lstrl_jax.data.index import DatasetError
 from lstrl_jax.data.tfds import builders
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/default.py', 'Config file (dataset, data_dir, split, packed_dir).')
-_ALL_SPLITS = flags.DEFINE_bool('all_splits', False, 'Pack all 10 splits (iLIDS-VID, PRID-2011, demo).')
+def define_flags() -> None:
+  """Defines the command's flags (only when run as a program, so importing this module defines none)."""
+  config_flags.DEFINE_config_file(
+      'config', 'configs/default.py', 'Config file (dataset, data_dir, split, packed_dir).')
+  flags.DEFINE_bool('all_splits', False, 'Pack all 10 splits (iLIDS-VID, PRID-2011, demo).')
 
 
 def main(argv: list[str]) -> None:
   """Packs the configured dataset; prints one line per packed split, or one error line and exits 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   if not config.packed_dir:
     print('error: config.packed_dir is empty; expected --config.packed_dir=<output directory>', file=sys.stderr)
     sys.exit(1)
   has_splits = config.dataset in builders.BUILDERS and builders.BUILDERS[config.dataset].BUILDER_CONFIGS
-  splits = range(builders.NUM_SPLITS) if _ALL_SPLITS.value and has_splits else [config.split]
+  splits = range(builders.NUM_SPLITS) if flags.FLAGS.all_splits and has_splits else [config.split]
   try:
     for split in splits:
       print(builders.pack(config.dataset, config.data_dir, config.packed_dir, split))
@@ -43,4 +45,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

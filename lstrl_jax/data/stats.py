@@ -19,12 +19,15 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 from absl import app
+from absl import flags
 from ml_collections import config_flags
 
 from lstrl_jax.data.datasets import load_dataset
 from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+def define_flags() -> None:
+  """Defines the command's flags (only when run as a program, so importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 
 
 def subset_row(tracklets: Sequence[Tracklet]) -> dict[str, int]:
@@ -101,10 +104,11 @@ def main(argv: Sequence[str]) -> int:
   """Entry point (absl): `run` on the --config file with its --config.* overrides."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if _CONFIG.value is None:
+  if flags.FLAGS.config is None:
     raise app.UsageError('--config is required, e.g. --config configs/default.py')
-  return run(_CONFIG.value)
+  return run(flags.FLAGS.config)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
