@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--width', type=int, default=128)
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   parser.add_argument('--depth', type=int, default=50)
+  parser.add_argument('--baseline', action='store_true', help='ResNet + BNNeck only (no MAE/BME)')
   parser.add_argument('--num_classes', type=int, default=625, help='classifier outputs (MARS: 625)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
@@ -82,13 +83,19 @@ def time_calls(call, args: argparse.Namespace) -> tuple[float, float]:
   return statistics.median(wall), statistics.median(cpu)
 
 
+def inserted_stages(args: argparse.Namespace) -> tuple[int, ...]:
+  """Layers after which MAE and BME are inserted: the paper's (2, 3), or none for `--baseline`."""
+  return () if args.baseline else (2, 3)
+
+
 def flax_model(args: argparse.Namespace):
   """The Flax LSTRL of `args` (compute dtype `args.dtype`, float32 parameters)."""
   from lstrl_jax.models import lstrl
 
   return lstrl.model_from_config(
-      dict(depth=args.depth, last_stride=1, mae_stages=(2, 3), mae_granularities=(True,) * 4, bme_stages=(2, 3),
-           bme_mode='global_to_local', bme_bidirectional=True, dtype=args.dtype), args.num_classes)
+      dict(depth=args.depth, last_stride=1, mae_stages=inserted_stages(args), mae_granularities=(True,) * 4,
+           bme_stages=inserted_stages(args), bme_mode='global_to_local', bme_bidirectional=True,
+           dtype=args.dtype), args.num_classes)
 
 
 def flax_variables(model, args: argparse.Namespace):
@@ -147,7 +154,8 @@ def run_torch(args: argparse.Namespace, phase: str) -> tuple[float, float]:
 
   from safetensors.numpy import load_file
 
-  model = torch_lstrl.LSTRL(args.num_classes, args.seq_len, depth=args.depth)
+  model = torch_lstrl.LSTRL(args.num_classes, args.seq_len, depth=args.depth, mae_stages=inserted_stages(args),
+                            bme_stages=inserted_stages(args))
   model = torch_lstrl.load_state_dict_(model, load_file(args.weights)).to(memory_format=torch.channels_last)
   clips, pids = (torch.from_numpy(a) for a in example_batch(args))
   pids = pids.long()
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
       print(f'--{flag}: expected a comma-separated subset of {",".join(allowed)}, got {getattr(args, flag)!r}')
       return 2
   print(f'machine: {machine()}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
-  print(f'LSTRL ResNet-{args.depth}, B={args.batch} T={args.seq_len} {args.height}x{args.width} {args.dtype}, '
+  name = 'baseline (no MAE/BME)' if args.baseline else 'LSTRL'
+  print(f'{name} ResNet-{args.depth}, B={args.batch} T={args.seq_len} {args.height}x{args.width} {args.dtype}, '
         f'median of {args.repeats} after {args.warmup} warm-up calls')
   results = {}
   with tempfile.TemporaryDirectory() as workdir:
