@@ -46,6 +46,7 @@ def save_png(image: Image.Image, path: str | pathlib.Path) -> pathlib.Path:
   try:
     with os.fdopen(fd, 'wb') as f:
       image.save(f, format='PNG')
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; pictures are for sharing
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
