@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--depth', type=int, default=50)
   parser.add_argument('--baseline', action='store_true', help='ResNet + BNNeck only (no MAE/BME)')
   parser.add_argument('--num_classes', type=int, default=625, help='classifier outputs (MARS: 625)')
+  parser.add_argument('--single_thread', action='store_true',
+                      help='one intra-op thread in both frameworks (XLA --xla_cpu_multi_thread_eigen=false, '
+                           'torch.set_num_threads(1)): no spin-waiting thread pools on cores shared with others')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--frameworks', default='jax,torch', help='comma-separated subset of jax,torch')
@@ -51,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--child', default='', help=argparse.SUPPRESS)  # 'framework:phase', internal
   parser.add_argument('--weights', default='', help=argparse.SUPPRESS)  # Flax weights for the torch child
   args = parser.parse_args(argv)
-  if args.batch < 1 or args.seq_len < 1 or args.repeats < 1 or args.warmup < 1:
+  if min(args.batch, args.seq_len, args.repeats, args.warmup) < 1:
     parser.error('--batch, --seq_len, --repeats and --warmup must be positive')
   return args
 
@@ -212,9 +215,21 @@ def save_torch_weights(args: argparse.Namespace, path: str) -> None:
   save_file(torch_lstrl.state_dict_from_flax(flax_variables(flax_model(args), args)), path)
 
 
+def set_single_thread(framework: str) -> None:
+  """Gives `framework` one intra-op thread (for JAX this must run before JAX starts)."""
+  if framework == 'torch':
+    import torch
+
+    torch.set_num_threads(1)
+  else:
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_cpu_multi_thread_eigen=false'.strip()
+
+
 def child(args: argparse.Namespace) -> None:
   """Measures one (framework, phase) and prints one JSON line."""
   framework, phase = args.child.split(':')
+  if args.single_thread:
+    set_single_thread(framework)
   wall, cpu = (run_jax if framework == 'jax' else run_torch)(args, phase)
   frames = args.batch * args.seq_len
   print(json.dumps({'framework': framework, 'phase': phase, 'ms_per_frame': 1e3 * wall / frames,
@@ -259,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
       return 2
   print(f'machine: {machine()}; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   name = 'baseline (no MAE/BME)' if args.baseline else 'LSTRL'
+  threads = 'one thread' if args.single_thread else 'default threads'
   print(f'{name} ResNet-{args.depth}, B={args.batch} T={args.seq_len} {args.height}x{args.width} {args.dtype}, '
-        f'median of {args.repeats} after {args.warmup} warm-up calls')
+        f'{threads}, median of {args.repeats} after {args.warmup} warm-up calls')
   results = {}
   with tempfile.TemporaryDirectory() as workdir:
     weights = os.path.join(workdir, 'lstrl.safetensors')
