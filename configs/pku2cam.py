@@ -36,9 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 8
   config.checkpoint_every_epochs = 20
   if arg == 'short':
-    config.num_epochs = 16
-    config.decay_every_epochs = 12
+    config.num_epochs = 10
+    config.decay_every_epochs = 8
     config.eval_every_epochs = 0
-    config.checkpoint_every_epochs = 16
+    config.checkpoint_every_epochs = 10
     return config
   return default.variant(config, arg, 'configs/pku2cam.py')
