@@ -160,3 +160,23 @@ def test_load_for_eval_errors(straight, tmp_path):
     checkpoint.load_for_eval(broken / '6')
   assert '\n' not in str(error.value)
   assert checkpoint.load_for_eval(straight / 'checkpoints' / '4')[2] == 4
+
+
+def evaluations(workdir) -> list[dict]:
+  """The periodic evaluation records of a run's metrics.jsonl: step and every eval_* value."""
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [
+      {k: v for k, v in r.items() if k == 'step' or k.startswith('eval_')}
+      for r in records
+      if 'eval_rrs/cross_camera/R-1' in r
+  ]
+
+
+def test_stop_at_an_evaluation_step_runs_that_evaluation_on_resume(env, straight, tmp_path):
+  # Step 4 ends epoch 2, which is due an evaluation: the stop saves before it, the resumed run evaluates first.
+  output = train(env, tmp_path / 'run', '--config.stop_at_step=4')
+  assert 'stopped at step 4' in output and 'step 4) | clip selection' not in output
+  output = train(env, tmp_path / 'run', '--config.stop_at_step=4')
+  assert output.index('resumed from') < output.index('step 4) | clip selection')
+  assert [r['step'] for r in evaluations(straight)] == [4, 6]
+  assert evaluations(tmp_path / 'run') == evaluations(straight)

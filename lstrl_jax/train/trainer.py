@@ -24,7 +24,9 @@ finite, every `checkpoint_every_epochs`, at the end, on SIGTERM (or the multi-ho
 `config.stop_at_step`; the last two stop the run, which the same command later resumes. A NaN/inf loss or
 parameter raises `guards.TrainingDivergedError` without saving (`guards`). Evaluation runs every
 `eval_every_epochs` with `eval_clip_selection` and once at the end with `final_clip_selection`; the final
-results go to `<workdir>/results.json` and are returned.
+results go to `<workdir>/results.json` and are returned. A stop saves before the evaluation due at its step, so
+a run resumed at such a step runs that evaluation first: a stopped and resumed run logs the same evaluations as
+a straight one.
 """
 
 from __future__ import annotations
@@ -235,7 +237,8 @@ def train_loop(
   """Trains from `step` to `run.total_steps` or to a stop request.
 
   Logs, checkpoints and evaluates on the config's cadence (module docstring). A stop request (SIGTERM,
-  preemption, `config.stop_at_step`) saves a checkpoint at the current step and returns.
+  preemption, `config.stop_at_step`) saves a checkpoint at the current step and returns; resuming at a step
+  due an evaluation runs it before training on.
 
   Returns:
     (state, step, stopped early).
@@ -246,6 +249,8 @@ def train_loop(
   config = run.config
   pending, pending_from, first_step = [], step, step
   throughput = _Throughput(config.num_identities * config.num_instances)
+  if step and _evaluation_due(run, step):
+    _evaluate(run, state, config.eval_clip_selection, step)
   while step < run.total_steps:
     state, metrics = run.step_fn(state, sharding.shard_batch(next(run.data_iterator), run.mesh))
     step += 1
@@ -268,10 +273,18 @@ def train_loop(
       checkpoint.save(run.manager, step, state, run.data_iterator, config)
     if stop:
       return state, step, True
-    if epoch_done and config.eval_every_epochs and epoch % config.eval_every_epochs == 0 and not last:
+    if _evaluation_due(run, step):
       _evaluate(run, state, config.eval_clip_selection, step)
       throughput.restart()
   return state, step, False
+
+
+def _evaluation_due(run: Run, step: int) -> bool:
+  """Whether the periodic evaluation falls at `step` (the end of every `eval_every_epochs`-th epoch but the
+  last, which the final evaluation covers)."""
+  epoch, within_epoch = divmod(step, run.steps_per_epoch)
+  every = run.config.eval_every_epochs
+  return within_epoch == 0 and bool(every) and epoch % every == 0 and step < run.total_steps
 
 
 def _initial_state(run: Run, tx: optax.GradientTransformation) -> tuple[state_lib.TrainState, int]:
