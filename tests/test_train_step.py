@@ -294,3 +294,22 @@ def test_pretrained_backbone_is_loaded_before_the_optimiser_state(tmp_path):
   np.testing.assert_array_equal(state.params['bnneck']['bias'], np.zeros(512, np.float32))
   assert 0.0008 < np.std(state.params['classifier']['kernel']) < 0.0012
   assert all(not np.any(leaf) for leaf in jax.tree.leaves(state.opt_state))  # fresh Adam moments, count 0
+
+
+def test_a_periodic_evaluation_starts_from_a_saved_checkpoint(compiled, tmp_path, monkeypatch):
+  # Checkpoints every 2 epochs (step 8 only) but evaluation every epoch: the step-4 evaluation still finds a
+  # checkpoint at step 4, so a job killed during it loses no training.
+  _, _, _, state, _ = fresh(compiled)
+  run = make_run(compiled, tmp_path, checkpoint_every_epochs=2, eval_every_epochs=1, eval_clip_selection='rrs')
+  seen = []
+
+  def evaluate(run, state, clip_selection, step):
+    run.manager.wait_until_finished()
+    seen.append((step, run.manager.latest_step()))
+
+  monkeypatch.setattr(trainer, '_evaluate', evaluate)
+  with guards.StopRequest(run.manager) as stop_request:
+    trainer.train_loop(run, state, 0, stop_request)
+  run.manager.wait_until_finished()
+  assert seen == [(4, 4)]  # step 8 is the last: the final evaluation, outside train_loop, covers it
+  assert run.manager.all_steps() == [4, 8]

@@ -20,13 +20,14 @@ Loop: resume from `<workdir>/checkpoints` when it holds a step (state, data iter
 `checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is set). Every
 `log_every_steps` the step metrics are fetched, checked for non-finite losses, averaged and written
 (TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved, after checking that every parameter is
-finite, every `checkpoint_every_epochs`, at the end, on SIGTERM (or the multi-host preemption notice) and at
-`config.stop_at_step`; the last two stop the run, which the same command later resumes. A NaN/inf loss or
-parameter raises `guards.TrainingDivergedError` without saving (`guards`). Evaluation runs every
-`eval_every_epochs` with `eval_clip_selection` and once at the end with `final_clip_selection`; the final
-results go to `<workdir>/results.json` and are returned. A stop saves before the evaluation due at its step, so
-a run resumed at such a step runs that evaluation first: a stopped and resumed run logs the same evaluations as
-a straight one.
+finite, every `checkpoint_every_epochs`, before every periodic evaluation, at the end, on SIGTERM (or the
+multi-host preemption notice) and at `config.stop_at_step`; the last two stop the run, which the same command
+later resumes. A NaN/inf loss or parameter raises `guards.TrainingDivergedError` without saving (`guards`).
+Evaluation runs every `eval_every_epochs` with `eval_clip_selection` and once at the end with
+`final_clip_selection`; the final results go to `<workdir>/results.json` and are returned. A run resumed at a
+step due an evaluation runs that evaluation first, so a run stopped there (a stop saves before evaluating) or
+killed during the evaluation (the checkpoint saved before it is kept) logs the same evaluations as a straight
+one. A SIGTERM that arrives during an evaluation is acted on after it.
 """
 
 from __future__ import annotations
@@ -268,12 +269,13 @@ def train_loop(
     if step % config.log_every_steps == 0 or epoch_done or stop or last:
       _log_train(run, pending, pending_from, throughput)
       pending, pending_from = [], step
-    if stop or last or (epoch_done and epoch % config.checkpoint_every_epochs == 0):
+    due = _evaluation_due(run, step)
+    if stop or last or due or (epoch_done and epoch % config.checkpoint_every_epochs == 0):
       guards.check_params(state.params, step, run.manager)
       checkpoint.save(run.manager, step, state, run.data_iterator, config)
     if stop:
       return state, step, True
-    if _evaluation_due(run, step):
+    if due:
       _evaluate(run, state, config.eval_clip_selection, step)
       throughput.restart()
   return state, step, False
