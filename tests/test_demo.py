@@ -1,6 +1,7 @@
 """The demo dataset generator: layout readable by the iLIDS-VID reader, determinism, atomicity, learnability."""
 
 import hashlib
+import json
 import pathlib
 import subprocess
 import sys
@@ -99,17 +100,37 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
 
 def test_refuses_existing_out(tmp_path):
   (tmp_path / 'demo').mkdir()
-  with pytest.raises(DatasetError, match='demo: already exists'):
+  with pytest.raises(DatasetError, match='demo: already exists; expected a new folder'):
     demo.generate(tmp_path / 'demo')
+  with pytest.raises(DatasetError, match='demo: already exists; expected the demo dataset of these flags'):
+    demo.generate(tmp_path / 'demo', exist_ok=True)  # no manifest: not a finished demo dataset
 
 
-def test_command_line(tmp_path):
-  command = [sys.executable, '-m', 'lstrl_jax.data.demo', '--out', str(tmp_path / 'demo'), '--num_persons', '4',
-             '--frames', '2', '--height', '32', '--width', '16']
+def _snapshot(root):
+  """Every file under `root` with its modification time and bytes."""
+  return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob('*') if p.is_file()}
+
+
+def test_command_line_reuses_only_the_same_dataset(tmp_path):
+  out = tmp_path / 'demo'
+  command = [sys.executable, '-m', 'lstrl_jax.data.demo', '--out', str(out), '--num_persons', '4', '--frames', '2',
+             '--height', '32', '--width', '16']
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
-  assert load_dataset('ilidsvid', tmp_path / 'demo').num_train_pids == 2
+  assert result.stdout == f'wrote 4 persons x 2 cameras x 2 frames in {out}\n'
+  assert load_dataset('ilidsvid', out).num_train_pids == 2
+  assert json.loads((out / demo.MANIFEST).read_text()) == dict(num_persons=4, frames=2, seed=0, height=32, width=16)
+  before = _snapshot(out)
+
+  # The same command again (the README one-liner run twice) finds the dataset and touches nothing.
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == f'found (same flags, left as it is) 4 persons x 2 cameras x 2 frames in {out}\n'
+  assert _snapshot(out) == before
+
+  # Other flags on the same folder: one line, exit 1, nothing changed.
+  result = subprocess.run([*command, '--seed', '1'], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and result.stdout == ''
-  assert result.stderr.splitlines() == [f'error: {tmp_path / "demo"}: already exists; expected a new folder for '
-                                        'the demo dataset (remove it first)']
+  assert result.stderr.splitlines() == [f'error: {out}: already exists; expected the demo dataset of these flags '
+                                        '(remove it first)']
+  assert _snapshot(out) == before

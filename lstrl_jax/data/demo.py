@@ -17,12 +17,15 @@ camera): the output is a pure function of the flags.
 Layout written under --out (as i-LIDS-VID, see lstrl_jax/data/datasets/ilidsvid.py):
   i-LIDS-VID/sequences/cam{1,2}/personNNN/cam{1,2}_personNNN_FFFFF.png  (frame numbers start at random)
   train-test people splits/train_test_splits_ilidsvid.mat   `ls_set` [10, num_persons], 1-based, float64
+  demo.json                                                 the generation flags (MANIFEST)
 The dataset is written to a temporary sibling folder and renamed into place, so an interrupted run leaves
-nothing at --out.
+nothing at --out. Running the command again on a finished folder with the same flags leaves it as it is (the
+output is a pure function of the flags); any other existing --out is refused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -38,6 +41,7 @@ from PIL import Image, ImageDraw
 from lstrl_jax.data.index import DatasetError
 
 NUM_SPLITS = 10
+MANIFEST = 'demo.json'  # the generation flags, written last: a finished demo dataset holds it
 _SKIN_LIGHT, _SKIN_DARK = (241, 194, 167), (89, 57, 42)
 _PATTERNS = ('plain', 'hstripes', 'vstripes', 'two_tone', 'logo')
 _CAMERAS = (  # background top, ground, texture colours; lighting gain (RGB); person scale; noise std
@@ -161,25 +165,31 @@ def tracklet(person: dict, camid: int, num_frames: int, size: tuple[int, int],
 
 
 def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16, seed: int = 0,
-             height: int = 128, width: int = 64) -> pathlib.Path:
+             height: int = 128, width: int = 64, exist_ok: bool = False) -> pathlib.Path:
   """Writes the demo dataset to `out` atomically (temporary sibling folder, then rename).
 
   Args:
-    out: destination folder; must not exist yet.
+    out: destination folder; must not exist yet, unless `exist_ok` and it holds this very dataset.
     num_persons: identities (>= 2), each with one tracklet per camera; half are test persons per split.
     frames: frames per tracklet (>= 1).
     seed: seed of every random choice; equal flags give byte-identical files.
     height, width: frame size in pixels (H x W, default 128 x 64).
+    exist_ok: accept an existing `out` whose MANIFEST records these same flags, and leave it untouched.
 
   Returns:
-    The path written.
+    The path written (or, with `exist_ok`, found).
 
   Raises:
-    DatasetError: `out` already exists, or a size/count is out of range.
+    DatasetError: `out` already exists (with `exist_ok`: and is not the demo dataset of these flags), or a
+      size/count is out of range.
   """
   out = pathlib.Path(out)
+  manifest = dict(num_persons=num_persons, frames=frames, seed=seed, height=height, width=width)
   if out.exists():
-    raise DatasetError(f'{out}: already exists; expected a new folder for the demo dataset (remove it first)')
+    if exist_ok and _read_manifest(out) == manifest:
+      return out
+    expected = 'the demo dataset of these flags' if exist_ok else 'a new folder for the demo dataset'
+    raise DatasetError(f'{out}: already exists; expected {expected} (remove it first)')
   if num_persons < 2 or frames < 1 or height < 16 or width < 8:
     raise DatasetError(f'{out}: need num_persons >= 2, frames >= 1, height >= 16, width >= 8')
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +209,7 @@ def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16
     ls_set = np.stack([split_rng.permutation(num_persons) + 1 for _ in range(NUM_SPLITS)]).astype(np.float64)
     (staging / 'train-test people splits').mkdir()
     scipy.io.savemat(staging / 'train-test people splits' / 'train_test_splits_ilidsvid.mat', {'ls_set': ls_set})
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
     os.chmod(staging, 0o755)
     staging.rename(out)
   except BaseException:
@@ -207,9 +218,18 @@ def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16
   return out
 
 
+def _read_manifest(out: pathlib.Path) -> dict | None:
+  """The generation flags recorded in `out`/MANIFEST, or None when there is no readable one."""
+  try:
+    return json.loads((out / MANIFEST).read_text())
+  except (OSError, ValueError):
+    return None
+
+
 def define_flags() -> None:
   """Defines the command's flags (only when run as a program, so importing this module defines none)."""
-  flags.DEFINE_string('out', None, 'Destination folder (must not exist), e.g. data/demo.', required=True)
+  flags.DEFINE_string('out', None, 'Destination folder, e.g. data/demo: new, or a finished demo dataset of the '
+                      'same flags (left as it is).', required=True)
   flags.DEFINE_integer('num_persons', 40, 'Number of identities.', lower_bound=2)
   flags.DEFINE_integer('frames', 16, 'Frames per tracklet.', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Seed of every random choice.')
@@ -218,17 +238,20 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-  """Entry point: writes the dataset and prints its path; DatasetError -> one line on stderr, exit 1."""
+  """Entry point: writes the dataset (or finds it already there) and prints its path; DatasetError -> one line
+  on stderr, exit 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   args = flags.FLAGS
+  existed = pathlib.Path(args.out).exists()
   try:
     out = generate(args.out, num_persons=args.num_persons, frames=args.frames, seed=args.seed,
-                   height=args.height, width=args.width)
+                   height=args.height, width=args.width, exist_ok=True)
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(f'wrote {args.num_persons} persons x 2 cameras x {args.frames} frames to {out}')
+  done = 'found (same flags, left as it is)' if existed else 'wrote'
+  print(f'{done} {args.num_persons} persons x 2 cameras x {args.frames} frames in {out}')
   return 0
 
 
