@@ -13,6 +13,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from lstrl_jax.train import checkpoint
@@ -34,7 +35,7 @@ def main(argv):
   except (ValueError, checkpoint.CheckpointError, guards.TrainingDivergedError) as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
-  if summary['completed']:
+  if summary['completed'] and jax.process_index() == 0:  # process 0 alone writes results.json
     print(f'results written to {_WORKDIR.value}/results.json')
 
 

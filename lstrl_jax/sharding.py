@@ -21,11 +21,24 @@ DATA_AXIS = 'data'
 def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` when launched as one process of a multi-host job.
 
-  Detected from the coordinator variables that cluster launchers set (`JAX_COORDINATOR_ADDRESS`) or from a
-  TPU pod slice, where `initialize()` discovers its peers by itself. A single process does nothing.
+  Detected from `JAX_COORDINATOR_ADDRESS` (host:port of process 0) or from a TPU pod slice, where
+  `initialize()` discovers its peers by itself. Under SLURM, Open MPI or Kubernetes JAX also finds the process
+  count and index; a job launched by hand sets them in `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`. A single
+  process does nothing.
+
+  Raises:
+    ValueError: `JAX_NUM_PROCESSES` or `JAX_PROCESS_ID` is set but is not an integer.
   """
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('TPU_WORKER_HOSTNAMES'):
-    jax.distributed.initialize()
+  if not (os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('TPU_WORKER_HOSTNAMES')):
+    return
+  counts = {}
+  for variable, argument in (('JAX_NUM_PROCESSES', 'num_processes'), ('JAX_PROCESS_ID', 'process_id')):
+    value = os.environ.get(variable)
+    if value is not None:
+      if not value.strip().isdigit():
+        raise ValueError(f'{variable}={value!r}: expected a non-negative integer')
+      counts[argument] = int(value)
+  jax.distributed.initialize(**counts)
 
 
 def make_mesh() -> Mesh:

@@ -10,6 +10,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -67,16 +68,17 @@ def env(tmp_path_factory):
   return data, variables
 
 
-def start(env, workdir, *overrides, stderr=subprocess.PIPE) -> subprocess.Popen:
+def start(env, workdir, *overrides, stderr=subprocess.PIPE, env_overrides=None) -> subprocess.Popen:
   """Starts train.py on the tiny config (stdout unbuffered, line by line)."""
   data, variables = env
   args = [sys.executable, '-c', RUN_TRAIN, *TINY, f'--config.data_dir={data}', f'--workdir={workdir}', *overrides]
+  variables = dict(variables, **(env_overrides or {}))
   return subprocess.Popen(args, cwd=REPO, env=variables, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
-def train(env, workdir, *overrides, returncode=0) -> str:
-  """Runs train.py to its end; returns stdout + stderr."""
-  process = start(env, workdir, *overrides)
+def train(env, workdir, *overrides, returncode=0, env_overrides=None) -> str:
+  """Runs train.py to its end (environment `env` updated with `env_overrides`); returns stdout + stderr."""
+  process = start(env, workdir, *overrides, env_overrides=env_overrides)
   stdout, stderr = process.communicate(timeout=600)
   assert process.returncode == returncode, stderr[-3000:]
   return stdout + stderr
@@ -180,3 +182,40 @@ def test_stop_at_an_evaluation_step_runs_that_evaluation_on_resume(env, straight
   assert output.index('resumed from') < output.index('step 4) | clip selection')
   assert [r['step'] for r in evaluations(straight)] == [4, 6]
   assert evaluations(tmp_path / 'run') == evaluations(straight)
+
+
+
+def test_two_processes_are_bitwise_one_process_on_two_devices(env, tmp_path):
+  # A hand-launched 2-host job on this machine: two train.py processes with one CPU device each, joined by
+  # jax.distributed (gloo collectives), each loading half of every global batch into one shared workdir. It
+  # must compute exactly what one process does on two devices (a sum of two shards is the same either way).
+  # (Against the 1-device run the trajectories drift apart within float noise amplified by Adam and
+  # batch-hard mining, so that comparison is the one-step test in test_train_step.py.)
+  data, variables = env
+  train(env, tmp_path / 'one_process', env_overrides={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  with socket.socket() as probe:
+    probe.bind(('127.0.0.1', 0))
+    port = probe.getsockname()[1]
+  processes = []
+  for process_id in (0, 1):
+    process_env = dict(variables, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                       JAX_PROCESS_ID=str(process_id))
+    process_env.pop('XLA_FLAGS', None)
+    args = [sys.executable, '-c', RUN_TRAIN, *TINY, f'--config.data_dir={data}', f'--workdir={tmp_path / "hosts"}']
+    processes.append(subprocess.Popen(args, cwd=REPO, env=process_env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+  outputs = [process.communicate(timeout=600)[0] for process in processes]
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+  assert 'on 2 device(s)' in outputs[0] and 'results written to' in outputs[0]
+  assert 'results written to' not in outputs[1]  # process 0 alone writes logs and results
+
+  step, two_hosts = leaves(tmp_path / 'hosts')
+  expected_step, two_devices = leaves(tmp_path / 'one_process')
+  assert step == expected_step == 6
+  assert len(two_hosts) == len(two_devices)
+  assert all(np.array_equal(a, b) for a, b in zip(two_hosts, two_devices))
+  assert evaluations(tmp_path / 'hosts') == evaluations(tmp_path / 'one_process')
+  assert json.loads((tmp_path / 'hosts' / 'results.json').read_text())['results'] == json.loads(
+      (tmp_path / 'one_process' / 'results.json').read_text()
+  )['results']
