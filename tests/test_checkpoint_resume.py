@@ -89,6 +89,18 @@ def leaves(path):
   return step, [np.asarray(leaf) for leaf in jax.tree.leaves(variables)]
 
 
+def assert_bitwise_same_run(workdir, expected_workdir):
+  """Both finished all 6 steps with bitwise equal variables and equal final results."""
+  step, variables = leaves(workdir)
+  expected_step, expected = leaves(expected_workdir)
+  assert step == expected_step == 6
+  assert len(variables) == len(expected)
+  assert all(np.array_equal(a, b) for a, b in zip(variables, expected))
+  assert json.loads((workdir / 'results.json').read_text())['results'] == json.loads(
+      (expected_workdir / 'results.json').read_text()
+  )['results']
+
+
 @pytest.fixture(scope='module')
 def straight(env, tmp_path_factory):
   """A run of all 6 steps in one process."""
@@ -135,14 +147,7 @@ def test_sigterm_saves_and_the_resumed_run_is_bitwise_identical(env, straight, t
 
   output = train(env, tmp_path / 'run')
   assert f'resumed from {tmp_path}/run/checkpoints/{stopped}' in output
-  step, resumed = leaves(tmp_path / 'run')
-  straight_step, expected = leaves(straight)
-  assert step == straight_step == 6
-  assert len(resumed) == len(expected)
-  assert all(np.array_equal(a, b) for a, b in zip(resumed, expected))
-  assert json.loads((tmp_path / 'run' / 'results.json').read_text())['results'] == json.loads(
-      (straight / 'results.json').read_text()
-  )['results']
+  assert_bitwise_same_run(tmp_path / 'run', straight)
 
 
 def test_load_for_eval_errors(straight, tmp_path):
@@ -184,38 +189,26 @@ def test_stop_at_an_evaluation_step_runs_that_evaluation_on_resume(env, straight
   assert evaluations(tmp_path / 'run') == evaluations(straight)
 
 
-
 def test_two_processes_are_bitwise_one_process_on_two_devices(env, tmp_path):
   # A hand-launched 2-host job on this machine: two train.py processes with one CPU device each, joined by
   # jax.distributed (gloo collectives), each loading half of every global batch into one shared workdir. It
   # must compute exactly what one process does on two devices (a sum of two shards is the same either way).
   # (Against the 1-device run the trajectories drift apart within float noise amplified by Adam and
   # batch-hard mining, so that comparison is the one-step test in test_train_step.py.)
-  data, variables = env
   train(env, tmp_path / 'one_process', env_overrides={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
   with socket.socket() as probe:
     probe.bind(('127.0.0.1', 0))
     port = probe.getsockname()[1]
-  processes = []
-  for process_id in (0, 1):
-    process_env = dict(variables, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                       JAX_PROCESS_ID=str(process_id))
-    process_env.pop('XLA_FLAGS', None)
-    args = [sys.executable, '-c', RUN_TRAIN, *TINY, f'--config.data_dir={data}', f'--workdir={tmp_path / "hosts"}']
-    processes.append(subprocess.Popen(args, cwd=REPO, env=process_env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+  processes = [
+      start(env, tmp_path / 'hosts', stderr=subprocess.STDOUT, env_overrides={
+          'XLA_FLAGS': '', 'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
+          'JAX_PROCESS_ID': str(process_id)})
+      for process_id in (0, 1)
+  ]
   outputs = [process.communicate(timeout=600)[0] for process in processes]
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
   assert 'on 2 device(s)' in outputs[0] and 'results written to' in outputs[0]
   assert 'results written to' not in outputs[1]  # process 0 alone writes logs and results
-
-  step, two_hosts = leaves(tmp_path / 'hosts')
-  expected_step, two_devices = leaves(tmp_path / 'one_process')
-  assert step == expected_step == 6
-  assert len(two_hosts) == len(two_devices)
-  assert all(np.array_equal(a, b) for a, b in zip(two_hosts, two_devices))
+  assert_bitwise_same_run(tmp_path / 'hosts', tmp_path / 'one_process')
   assert evaluations(tmp_path / 'hosts') == evaluations(tmp_path / 'one_process')
-  assert json.loads((tmp_path / 'hosts' / 'results.json').read_text())['results'] == json.loads(
-      (tmp_path / 'one_process' / 'results.json').read_text()
-  )['results']

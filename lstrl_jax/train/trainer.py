@@ -250,7 +250,7 @@ def train_loop(
   config = run.config
   pending, pending_from, first_step = [], step, step
   throughput = _Throughput(config.num_identities * config.num_instances)
-  if step and _evaluation_due(run, step):
+  if _evaluation_due(run, step):
     _evaluate(run, state, config.eval_clip_selection, step)
   while step < run.total_steps:
     state, metrics = run.step_fn(state, sharding.shard_batch(next(run.data_iterator), run.mesh))
@@ -283,10 +283,10 @@ def train_loop(
 
 def _evaluation_due(run: Run, step: int) -> bool:
   """Whether the periodic evaluation falls at `step` (the end of every `eval_every_epochs`-th epoch but the
-  last, which the final evaluation covers)."""
+  last, which the final evaluation covers; step 0 ends no epoch)."""
   epoch, within_epoch = divmod(step, run.steps_per_epoch)
   every = run.config.eval_every_epochs
-  return within_epoch == 0 and bool(every) and epoch % every == 0 and step < run.total_steps
+  return 0 < step < run.total_steps and within_epoch == 0 and bool(every) and epoch % every == 0
 
 
 def _initial_state(run: Run, tx: optax.GradientTransformation) -> tuple[state_lib.TrainState, int]:
