@@ -12,8 +12,7 @@ ResNet-50 backbone at 256x128 input (last stride 1) on `--frames` frames, float3
 Figures are medians of --repeats calls after one warm-up, in milliseconds per call (all frames).
 """
 
-import statistics
-import time
+import argparse
 from typing import Callable
 
 from absl import app
@@ -22,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+
+from benchmarks.model_throughput import time_calls
 
 _FRAMES = flags.DEFINE_integer('frames', 8, 'Frames per call (the batch of every convolution).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls after one warm-up.')
@@ -40,13 +41,8 @@ LAYERS = (
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
   """Median wall time of `fn()` in milliseconds over `repeats` calls after one warm-up (results blocked on)."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  wall, _ = time_calls(lambda: jax.block_until_ready(fn()), argparse.Namespace(warmup=1, repeats=repeats))
+  return 1e3 * wall
 
 
 def jax_row(x: np.ndarray, w: np.ndarray, stride: int, repeats: int) -> tuple[float, float, float]:
