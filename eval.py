@@ -12,14 +12,13 @@ does not fit the dataset, an empty query set or another bad value prints one lin
 """
 
 import pathlib
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from configs import default
+from lstrl_jax import cli
 from lstrl_jax.data.index import DatasetError
 from lstrl_jax.evaluation import evaluator
 from lstrl_jax.train.checkpoint import CheckpointError
@@ -31,6 +30,7 @@ _RERANK = flags.DEFINE_bool('rerank', False, 'Apply k-reciprocal re-ranking (k1=
 _SAVE_FEATURES = flags.DEFINE_string('save_features', None, 'Write features, pids, camids, frames as .npz.')
 _PICTURES = flags.DEFINE_bool('pictures', False, 'Write ranked-results sheets and Fig. 5 PNGs.')
 flags.mark_flag_as_required('ckpt')
+ERRORS = (CheckpointError, DatasetError, ValueError)
 
 
 def _features_path(index: int, count: int) -> pathlib.Path | None:
@@ -42,27 +42,22 @@ def _features_path(index: int, count: int) -> pathlib.Path | None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # absl apps log INFO to stderr; keep errors to one line
   paths = [p for p in _CKPT.value.split(',') if p]
   overrides = config_flags.get_override_values(flags.FLAGS['config'])
   results = []
-  try:
-    for index, path in enumerate(paths):
-      results.append(evaluator.evaluate_checkpoint(
-          path, overrides=overrides, clip_selection=_CLIP_SELECTION.value, rerank=_RERANK.value,
-          features_path=_features_path(index, len(paths)), pictures=_PICTURES.value, progress=True))
-      print(evaluator.format_results(results[-1]), end='\n\n', flush=True)
-      if _PICTURES.value:
-        print(f'pictures: {evaluator.workdir_of(path) / "pictures"}', end='\n\n', flush=True)
-    if len(results) > 1:
-      print(evaluator.format_results(evaluator.mean_over_splits(results)))
-  except (CheckpointError, DatasetError, ValueError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  for index, path in enumerate(paths):
+    results.append(evaluator.evaluate_checkpoint(
+        path, overrides=overrides, clip_selection=_CLIP_SELECTION.value, rerank=_RERANK.value,
+        features_path=_features_path(index, len(paths)), pictures=_PICTURES.value, progress=True))
+    print(evaluator.format_results(results[-1]), end='\n\n', flush=True)
+    if _PICTURES.value:
+      print(f'pictures: {evaluator.workdir_of(path) / "pictures"}', end='\n\n', flush=True)
+  if len(results) > 1:
+    print(evaluator.format_results(evaluator.mean_over_splits(results)))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, errors=ERRORS)

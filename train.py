@@ -8,14 +8,12 @@ prints one line on stderr and exits with status 1. Library logging shows warning
 (`--verbosity=0` for INFO).
 """
 
-import sys
-
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from lstrl_jax import cli
 from lstrl_jax.train import checkpoint
 from lstrl_jax.train import guards
 from lstrl_jax.train import trainer
@@ -23,21 +21,17 @@ from lstrl_jax.train import trainer
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 flags.mark_flags_as_required(['config', 'workdir'])
+ERRORS = (ValueError, checkpoint.CheckpointError, guards.TrainingDivergedError)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.run refuses positional arguments
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every checkpoint save at INFO
-  try:
-    summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, checkpoint.CheckpointError, guards.TrainingDivergedError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if summary['completed'] and jax.process_index() == 0:  # process 0 alone writes results.json
     print(f'results written to {_WORKDIR.value}/results.json')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, errors=ERRORS)

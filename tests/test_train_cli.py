@@ -63,8 +63,10 @@ def test_mistyped_override_and_unknown_variant_are_flag_errors(tmp_path):
       start_train('--config=configs/demo.py:large', f'--workdir={tmp_path}'),
   ]
   outputs = [process.communicate(timeout=300) for process in runs]
-  assert [process.returncode for process in runs] == [1, 1]
-  assert 'learning_rat' in outputs[0][1]
+  assert [process.returncode for process in runs] == [2, 2]  # usage errors (DESIGN.md section 6)
+  for _, stderr in outputs:
+    assert len(stderr.strip().splitlines()) == 1 and 'Traceback' not in stderr, stderr
+  assert 'did you mean "learning_rate"' in outputs[0][1]
   assert 'configs/demo.py:large: unknown config variant' in outputs[1][1]
   assert not any(tmp_path.iterdir())
 
