@@ -6,7 +6,7 @@
 
 Data: `prid_2011/multi_shot/cam_{a,b}/` under `data_dir` (default data/prid). Protocol: of the 200 persons
 seen by both cameras, those with long enough tracklets (178: deep-person-reid's `splits_prid2011.json` when it
-is in `data_dir`, else >= 27 frames in both cameras), 10 random 50/50 splits, query cam_a, gallery cam_b;
+is in `data_dir`, else >= `prid_min_frames` (27) frames in both cameras), 10 random 50/50 splits, query cam_a, gallery cam_b;
 report the mean over splits (see data/README.md).
 Paper: not reported in the paper (no reference numbers to compare against).
 """
@@ -22,4 +22,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dataset = 'prid'
   config.data_dir = 'data/prid'
   config.split = 0
+  config.prid_min_frames = 27  # without splits_prid2011.json: frames needed in both cameras (datasets/prid.py)
   return default.variant(config, arg, 'configs/prid.py')

@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lstrl_jax.data.datasets import load_dataset
+from lstrl_jax.data.datasets import from_config
 from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 
 def define_flags() -> None:
@@ -92,7 +92,7 @@ def run(config: ml_collections.ConfigDict) -> int:
     The exit status: 0, or 1 after printing a DatasetError as one line to stderr.
   """
   try:
-    dataset = load_dataset(config.dataset, config.data_dir, split=config.split)
+    dataset = from_config(config)
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
