@@ -16,15 +16,16 @@ Video ReID work then keeps the 178 of the 200 whose tracklets are long enough in
     be one of person_0001..0200;
   * otherwise the persons with at least `min_frames` frames in both cameras are kept and 10 random 50/50
     splits drawn from the fixed seed SPLIT_SEED (split s: the s-th permutation of
-    `np.random.default_rng(SPLIT_SEED)`; first half test, rest train). The default MIN_FRAMES = 27 is the
-    threshold of the RRS/DRSA lineage: liuyuisanai/Quality-Aware-Network `generate_data/
-    generate_prid2011_data.m` keeps persons 1..200 with >= 27 frames in both cameras ("select images >27
-    frame": `dir` lists '.' and '..', `len<29` skips); a peer reader that loads Wang et al.'s
-    `train_test_splits_prid.mat` (ECCV 2014, 10 x 178, shipped in the iLIDS-VID archive's `train-test
-    people splits/`) asserts that this threshold leaves exactly its 178 persons (and 21 leaves 183). McLaughlin et al. (CVPR 2016, niallmcl/Recurrent-Convolutional-Video-ReID
-    `prepareDataset.lua`: "only use first 200 persons who appear in both cameras") use all 200
-    (`min_frames=1`). Set it with the config key `prid_min_frames`
-    (configs/prid.py). The random splits are not the published ones: put the JSON file in place to compare.
+    `np.random.default_rng(SPLIT_SEED)`; first half test, rest train). Default MIN_FRAMES = 27, the
+    threshold behind the 178 persons: liuyuisanai/Quality-Aware-Network (Liu et al., CVPR 2017)
+    `generate_data/generate_prid2011_data.m` keeps persons 1..200 with >= 27 frames in both cameras
+    ("select images >27 frame"; `dir` also lists '.' and '..', so `len<29` skips fewer than 27), and a
+    public peer reader that loads Wang et al.'s `train_test_splits_prid.mat` (ECCV 2014, 10 x 178, in the
+    iLIDS-VID archive's `train-test people splits/`; the splits RRS/DRSA-style papers use) asserts that
+    >= 27 leaves exactly those 178 persons (>= 21: 183). McLaughlin et al. (CVPR 2016,
+    niallmcl/Recurrent-Convolutional-Video-ReID `prepareDataset.lua`: "only use first 200 persons who
+    appear in both cameras") use all 200: `min_frames=1`. The config key is `prid_min_frames`
+    (configs/prid.py). These random splits are not the published ones: put the JSON file in place to compare.
 Each person has one tracklet per camera; query cam_a (camid 0), gallery cam_b (camid 1) ('cross_camera').
 Original pids are the folder numbers (person_0042 -> 42).
 """
