@@ -135,7 +135,20 @@ def test_lsvid_tiny(lsvid):
   assert ds.train[0].frames[0] == str(lsvid / 'tracklet_train' / '0003' / '0003_0001_02_0001.jpg')
   assert [(t.pid, t.camid) for t in ds.test] == [(7, 0), (7, 2), (8, 1)]
   assert ds.query.tolist() == [0, 2]
-  assert ds.galleries['cross_camera'].tolist() == [0, 1, 2]
+  assert {k: v.tolist() for k, v in ds.galleries.items()} == {'paper': [1], 'official': [0, 1, 2]}
+
+
+def test_lsvid_forks_info_placement(lsvid):
+  # AP3D/TCLNet forks: info/list_sequence/list_seq_*.txt and info/data/info_test.mat; prefixes stay root-relative.
+  (lsvid / 'info').mkdir()
+  (lsvid / 'list_sequence').rename(lsvid / 'info' / 'list_sequence')
+  (lsvid / 'test' / 'data').rename(lsvid / 'info' / 'data')
+  ds = load_dataset('lsvid', lsvid)
+  assert [(t.pid, t.camid) for t in ds.test] == [(7, 0), (7, 2), (8, 1)] and ds.query.tolist() == [0, 2]
+  assert ds.train[0].frames[0] == str(lsvid / 'tracklet_train' / '0003' / '0003_0001_02_0001.jpg')
+  (lsvid / 'info' / 'list_sequence').rename(lsvid / 'elsewhere')
+  with pytest.raises(DatasetError, match=r'list_sequence: directory not found; expected the LS-VID sequence lists'):
+    load_dataset('lsvid', lsvid)
 
 
 def test_lsvid_bad_input(lsvid):

@@ -1,7 +1,8 @@
 """Evaluation of a model on a dataset's test set under every scoring convention it defines (DESIGN.md §3).
 
 `evaluate` embeds the test tracklets once (`extract`) and scores the query set against each gallery of
-`dataset.galleries` ('paper', 'torchreid', 'official' on MARS; 'cross_camera' elsewhere) with the pure
+`dataset.galleries` ('paper', 'torchreid', 'official' on MARS; 'paper', 'official' on LS-VID; 'cross_camera'
+on iLIDS-VID, PRID-2011 and DukeMTMC-VideoReID; README "Scoring conventions") with the pure
 ranking metrics (`metrics`), optionally after k-reciprocal re-ranking (`rerank`). `format_results` prints
 the table, naming dataset, split, clip selection, distance and convention, as every reported number must.
 """

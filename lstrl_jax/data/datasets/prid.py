@@ -25,7 +25,7 @@ Video ReID work then keeps the 178 of the 200 whose tracklets are long enough in
     >= 27 leaves exactly those 178 persons (>= 21: 183). McLaughlin et al. (CVPR 2016,
     niallmcl/Recurrent-Convolutional-Video-ReID `prepareDataset.lua`: "only use first 200 persons who
     appear in both cameras") use all 200: `min_frames=1`. The config key is `prid_min_frames`
-    (configs/prid.py). These random splits are not the published ones: put the JSON file in place to compare.
+    (configs/default.py). These random splits are not the published ones: put the JSON file in place to compare.
 Each person has one tracklet per camera; query cam_a (camid 0), gallery cam_b (camid 1) ('cross_camera').
 Original pids are the folder numbers (person_0042 -> 42).
 """
