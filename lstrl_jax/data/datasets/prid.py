@@ -25,7 +25,8 @@ Video ReID work then keeps the 178 of the 200 whose tracklets are long enough in
     >= 27 leaves exactly those 178 persons (>= 21: 183). McLaughlin et al. (CVPR 2016,
     niallmcl/Recurrent-Convolutional-Video-ReID `prepareDataset.lua`: "only use first 200 persons who
     appear in both cameras") use all 200: `min_frames=1`. The config key is `prid_min_frames`
-    (configs/default.py). These random splits are not the published ones: put the JSON file in place to compare.
+    (configs/default.py). These random splits are not the published ones: put the JSON file in place to
+    compare with published numbers.
 Each person has one tracklet per camera; query cam_a (camid 0), gallery cam_b (camid 1) ('cross_camera').
 Original pids are the folder numbers (person_0042 -> 42).
 """
@@ -44,7 +45,7 @@ from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 MULTI_SHOT = pathlib.Path('prid_2011') / 'multi_shot'
 SPLITS_JSON = 'splits_prid2011.json'
 CAMERAS = ('cam_a', 'cam_b')
-MIN_FRAMES = 27  # RRS/DRSA lineage: 178 of the 200 shared persons (module docstring)
+MIN_FRAMES = 27  # leaves the 178 persons of the published splits (module docstring cites the sources)
 SHARED_PERSONS = 200  # person_0001..0200 are seen by both cameras
 NUM_SPLITS = 10
 SPLIT_SEED = 2011
