@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from configs import prid as prid_config
-from lstrl_jax.data.datasets import from_config, load_dataset, prid
+from lstrl_jax.data.datasets import load_dataset, prid, reader_options
 from lstrl_jax.data.index import DatasetError
 
 # Frames per camera of person_0001..0200: 30 each, except these (26 < 27 frames in cam_a, 5 in cam_b).
@@ -45,6 +45,10 @@ def official(tmp_path_factory):
   return root
 
 
+def _from_config(config):
+  return load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
+
+
 def _persons(ds, tracklets):
   return sorted({pathlib.Path(t.frames[0]).parent.name for t in tracklets})
 
@@ -68,18 +72,18 @@ def test_min_frames_from_the_config(official):
   config = prid_config.get_config()
   assert config.prid_min_frames == prid.MIN_FRAMES == 27
   config.data_dir = str(official)
-  ds = from_config(config)
+  ds = _from_config(config)
   assert len(ds.query) == 89
   config.prid_min_frames = 1  # McLaughlin et al.: all 200 shared persons
-  ds = from_config(config)
+  ds = _from_config(config)
   assert len(ds.query) == 100 and len(ds.train) == 200
   assert _persons(ds, ds.train + tuple(ds.test[i] for i in ds.query)) == [
       f'person_{p:04d}' for p in range(1, 201)]
   config.prid_min_frames = 6  # keeps the 11 persons with 26 frames in cam_a, not those with 5 in cam_b
-  assert len(from_config(config).query) == (200 - len(SHORT_IN_B)) // 2
+  assert len(_from_config(config).query) == (200 - len(SHORT_IN_B)) // 2
   config.prid_min_frames = 0
   with pytest.raises(DatasetError, match=r'^prid_min_frames=0: expected a positive integer'):
-    from_config(config)
+    _from_config(config)
 
 
 def test_split_file_person_above_0200_is_refused(official, tmp_path):

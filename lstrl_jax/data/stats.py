@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lstrl_jax.data.datasets import from_config
+from lstrl_jax.data.datasets import load_dataset, reader_options
 from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 
 def define_flags() -> None:
@@ -100,7 +100,7 @@ def run(config: ml_collections.ConfigDict) -> int:
     The exit status: 0, or 1 after printing a DatasetError as one line to stderr.
   """
   try:
-    dataset = from_config(config)
+    dataset = load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from lstrl_jax import sharding
-from lstrl_jax.data.datasets import from_config
+from lstrl_jax.data.datasets import load_dataset, reader_options
 from lstrl_jax.data.index import VideoReIDDataset
 from lstrl_jax.evaluation import extract
 from lstrl_jax.evaluation import metrics
@@ -300,7 +300,7 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any
   config, variables, step = load_for_eval(path)
   apply_overrides(config, overrides or {})
   clip_selection = clip_selection or config.final_clip_selection
-  dataset = from_config(config)
+  dataset = load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
   if len(dataset.query) == 0:
     raise EvaluationError(f'{dataset.name} (split {dataset.split}) at {config.data_dir}: the query set is empty')
   model = model_from_config(config.model, dataset.num_train_pids)

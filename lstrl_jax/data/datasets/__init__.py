@@ -1,7 +1,7 @@
 """Dataset registry: `load_dataset(name, root, *, split=0)` -> `VideoReIDDataset` (DESIGN.md section 3).
 
-`from_config(config)` reads `config.dataset` / `data_dir` / `split` and the reader options a config may hold
-(`prid_min_frames`, configs/prid.py).
+`reader_options(config)` gives the reader options a config may hold (`prid_min_frames`, configs/default.py):
+`load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))`.
 
 Readers live in `lstrl_jax/data/datasets/<name>.py`; each lists frame paths without opening any image.
 'demo' reads the generated demo dataset (`python -m lstrl_jax.data.demo`), which uses the iLIDS-VID layout.
@@ -48,16 +48,12 @@ def load_dataset(name: str, root: str | pathlib.Path, *, split: int = 0, **optio
   return _READERS[name](root, split=split, **options)
 
 
-def from_config(config) -> VideoReIDDataset:
-  """`load_dataset(config.dataset, config.data_dir, split=config.split)` plus the config's reader options.
+def reader_options(config) -> dict:
+  """The keyword options of `load_dataset` a config holds: {'min_frames': config.prid_min_frames} for 'prid'.
 
   Args:
-    config: an ml_collections.ConfigDict; `prid_min_frames`, where present, is PRID-2011's `min_frames`.
-
-  Raises:
-    DatasetError: as `load_dataset`.
+    config: an ml_collections.ConfigDict (a checkpoint's older config may lack `prid_min_frames`).
   """
-  options = {}
   if config.dataset == 'prid' and 'prid_min_frames' in config:
-    options['min_frames'] = config.prid_min_frames
-  return load_dataset(config.dataset, config.data_dir, split=config.split, **options)
+    return {'min_frames': config.prid_min_frames}
+  return {}
