@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = 'mars'  # mars | ilidsvid | prid | lsvid | duke | demo
   config.data_dir = 'data/mars'  # root of the layout a user downloads
   config.split = 0  # iLIDS-VID / PRID-2011 split index 0..9
+  config.prid_min_frames = 27  # PRID-2011 without splits_prid2011.json: frames in both cameras (datasets/prid.py)
   config.packed_dir = ''  # ArrayRecord files written by the TFDS builders; '' reads the folder layout
   config.seq_len = 8  # T, frames per clip
   config.height = 256

@@ -5,9 +5,9 @@
   python train.py --config configs/prid.py:smoke --workdir runs/prid_smoke   # CPU smoke run
 
 Data: `prid_2011/multi_shot/cam_{a,b}/` under `data_dir` (default data/prid). Protocol: of the 200 persons
-seen by both cameras, those with long enough tracklets (178: deep-person-reid's `splits_prid2011.json` when it
-is in `data_dir`, else >= 27 frames in both cameras), 10 random 50/50 splits, query cam_a, gallery cam_b;
-report the mean over splits (see data/README.md).
+seen by both cameras (person_0001..0200), those with long enough tracklets (178: deep-person-reid's
+`splits_prid2011.json` when it is in `data_dir`, else >= `--config.prid_min_frames` (27) frames in both
+cameras), 10 random 50/50 splits, query cam_a, gallery cam_b; report the mean over splits (data/README.md).
 Paper: not reported in the paper (no reference numbers to compare against).
 """
 

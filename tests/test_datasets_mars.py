@@ -141,3 +141,29 @@ def test_bad_name_and_split(tiny):
   (tiny / 'info' / 'train_name.txt').write_text('0007C2T0001F003.jpg\n0007C2T0001X001.jpg\n')
   with pytest.raises(DatasetError, match=r"train_name.txt:2: '0007C2T0001X001.jpg' is not a MARS frame name"):
     load_dataset('mars', tiny)
+
+
+def test_real_info_with_a_duplicate_frame_name_is_refused(shared_data, tmp_path):
+  # The real info/ copied; line 2 of test_name.txt (second frame of the first test tracklet, same pid and
+  # camera, so every other check passes) replaced by line 1.
+  info = tmp_path / 'info'
+  info.mkdir()
+  for f in (shared_data / 'mars' / 'info').iterdir():
+    (info / f.name).symlink_to(f)
+  names = (shared_data / 'mars' / 'info' / 'test_name.txt').read_text().split('\n')
+  assert names[0] != names[1] and names[0][:6] == names[1][:6]
+  names[1] = names[0]
+  (info / 'test_name.txt').unlink()
+  (info / 'test_name.txt').write_text('\n'.join(names))
+  with pytest.raises(DatasetError) as error:
+    load_dataset('mars', tmp_path)
+  assert str(error.value) == (f"{info / 'test_name.txt'}:2: {names[0]!r} repeats line 1; "
+                              'expected each frame name once')
+
+
+def test_tiny_duplicate_in_another_tracklet_is_refused(tiny):
+  # Line 4 repeats line 2 across two tracklets of pid 7; the first repeat (line 4) is named.
+  (tiny / 'info' / 'train_name.txt').write_text(
+      '0007C2T0001F003.jpg\n0007C2T0001F001.jpg\n0007C2T0001F002.jpg\n0007C2T0001F001.jpg\n0007C2T0001F003.jpg\n')
+  with pytest.raises(DatasetError, match=r"train_name.txt:4: '0007C2T0001F001.jpg' repeats line 2; expected"):
+    load_dataset('mars', tiny)

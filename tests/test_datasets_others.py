@@ -86,7 +86,7 @@ def test_prid_splits_json(prid):
   with pytest.raises(DatasetError, match=r'splits_prid2011.json: split 2 out of range; expected 0\.\.1'):
     load_dataset('prid', prid, split=2)
   (prid / 'splits_prid2011.json').write_text(json.dumps([{'train': ['person_0005'], 'test': ['person_0001']}]))
-  with pytest.raises(DatasetError, match="person 'person_0005' is not in both cam_a and cam_b"):
+  with pytest.raises(DatasetError, match="person 'person_0005' is not one of person_0001..0200 in both cam_a"):
     load_dataset('prid', prid)
   (prid / 'splits_prid2011.json').write_text('{"train": ')
   with pytest.raises(DatasetError, match='splits_prid2011.json: cannot read JSON'):
@@ -135,7 +135,20 @@ def test_lsvid_tiny(lsvid):
   assert ds.train[0].frames[0] == str(lsvid / 'tracklet_train' / '0003' / '0003_0001_02_0001.jpg')
   assert [(t.pid, t.camid) for t in ds.test] == [(7, 0), (7, 2), (8, 1)]
   assert ds.query.tolist() == [0, 2]
-  assert ds.galleries['cross_camera'].tolist() == [0, 1, 2]
+  assert {k: v.tolist() for k, v in ds.galleries.items()} == {'paper': [1], 'official': [0, 1, 2]}
+
+
+def test_lsvid_forks_info_placement(lsvid):
+  # AP3D/TCLNet forks: info/list_sequence/list_seq_*.txt and info/data/info_test.mat; prefixes stay root-relative.
+  (lsvid / 'info').mkdir()
+  (lsvid / 'list_sequence').rename(lsvid / 'info' / 'list_sequence')
+  (lsvid / 'test' / 'data').rename(lsvid / 'info' / 'data')
+  ds = load_dataset('lsvid', lsvid)
+  assert [(t.pid, t.camid) for t in ds.test] == [(7, 0), (7, 2), (8, 1)] and ds.query.tolist() == [0, 2]
+  assert ds.train[0].frames[0] == str(lsvid / 'tracklet_train' / '0003' / '0003_0001_02_0001.jpg')
+  (lsvid / 'info' / 'list_sequence').rename(lsvid / 'elsewhere')
+  with pytest.raises(DatasetError, match=r'list_sequence: directory not found; expected the LS-VID sequence lists'):
+    load_dataset('lsvid', lsvid)
 
 
 def test_lsvid_bad_input(lsvid):

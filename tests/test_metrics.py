@@ -6,6 +6,7 @@ import pytest
 from lstrl_jax.evaluation import metrics
 
 ALL = tuple(metrics.CONVENTIONS)
+SKIP_NO_MATCH = ('paper', 'torchreid', 'cross_camera')  # AP3D/TCLNet and torchreid skip; MATLAB counts 0
 
 
 def _evaluate(distances, q_pids, q_camids, g_pids, g_camids, convention, chunk_size=4):
@@ -58,7 +59,7 @@ def reference(distances, q_pids, q_camids, g_pids, g_camids, convention):
     good_mask = same & ~junk
     if not good_mask.any():
       no_match += 1
-      if convention in ('torchreid', 'cross_camera'):
+      if convention in SKIP_NO_MATCH:
         continue
       aps.append(0.0)
       cmcs.append(np.zeros(num_gallery))
@@ -135,7 +136,7 @@ def test_query_without_valid_match(convention):
   result = _evaluate([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], [7, 9], [0, 0], [7, 9, 5], [1, 0, 1], convention)
   assert result['no_match'] == 1
   assert result['num_query'] == 2
-  if convention in ('torchreid', 'cross_camera'):
+  if convention in SKIP_NO_MATCH:
     assert (result['mAP'], result['R-1'], result['num_scored']) == (1.0, 1.0, 1)
   else:
     assert (result['mAP'], result['R-1'], result['num_scored']) == (0.5, 0.5, 2)
@@ -199,3 +200,24 @@ def test_random_features_with_ties_agree_with_reference(convention):
 def test_top_k_gallery_is_stable():
   distances = np.array([[0.5, 0.1, 0.5, 0.1, 0.9]], np.float32)
   np.testing.assert_array_equal(metrics.top_k_gallery(distances, 4), [[1, 3, 0, 2]])
+
+
+def test_cross_camera_one_match_per_query_hand_worked():
+  # iLIDS-VID / PRID-2011 shape: 3 persons, query cam 0, gallery cam 1, one match each, at ranks 1, 3, 2.
+  distances = [[0.1, 0.5, 0.6], [0.2, 0.4, 0.3], [0.1, 0.9, 0.2]]
+  result = _evaluate(distances, [1, 2, 3], [0, 0, 0], [1, 2, 3], [1, 1, 1], 'cross_camera')
+  assert result['mAP'] == pytest.approx((1 + 1 / 3 + 1 / 2) / 3, abs=1e-7)  # AP = 1 / rank
+  assert (result['R-1'], result['R-5']) == pytest.approx((1 / 3, 1.0))
+  # The MATLAB trapezoid AP of the same ranking: rank 1 -> (1 + 1) / 2; rank 3 -> (0 + 1/3) / 2 (precision
+  # 0/2 after two non-matches); rank 2 -> (0 + 1/2) / 2. cross_camera does not use it.
+  official = _evaluate(distances, [1, 2, 3], [0, 0, 0], [1, 2, 3], [1, 1, 1], 'official')
+  assert official['mAP'] == pytest.approx((1 + 1 / 6 + 1 / 4) / 3, abs=1e-7)
+  assert result['mAP'] != pytest.approx(official['mAP'])
+
+
+def test_paper_skips_a_query_without_match_as_ap3d_does():
+  # LS-VID 'paper' gallery (test - query): query pid 9 has no other tracklet; AP3D's evaluate skips it.
+  result = _evaluate([[0.1, 0.2], [0.3, 0.4]], [7, 9], [0, 0], [7, 5], [1, 1], 'paper')
+  assert (result['mAP'], result['R-1'], result['num_scored'], result['no_match']) == (1.0, 1.0, 1, 1)
+  official = _evaluate([[0.1, 0.2], [0.3, 0.4]], [7, 9], [0, 0], [7, 5], [1, 1], 'official')
+  assert (official['mAP'], official['R-1'], official['num_scored']) == (0.5, 0.5, 2)  # compute_AP.m: ap=0

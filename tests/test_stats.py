@@ -36,9 +36,9 @@ def _tiny():
   def t(pid, cam, n=1):
     return Tracklet(tuple(f'f{i}.png' for i in range(n)), pid, cam)
 
-  test = (t(1, 0), t(2, 0), t(1, 1), t(2, 0), t(3, 1), t(-1, 1, 4))
+  test = (t(1, 0), t(2, 0), t(1, 1), t(2, 0), t(3, 1), t(-1, 1, 4), t(0, 0, 2), t(0, 1))
   return VideoReIDDataset('tiny', (t(0, 0, 2), t(0, 1, 3)), test, np.array([0, 1]),
-                          {'rest': np.array([2, 3, 4, 5]), 'all': np.arange(6), 'none': np.array([], np.int64)})
+                          {'rest': np.array([2, 3, 4, 5]), 'all': np.arange(8), 'none': np.array([], np.int64)})
 
 
 def test_queries_without_match_hand_worked():
@@ -51,8 +51,12 @@ def test_queries_without_match_hand_worked():
 
 def test_subset_row_hand_worked():
   ds = _tiny()
-  assert stats.subset_row(ds.test) == {'identities': 3, 'tracklets': 6, 'frames': 9, 'cameras': 2, 'junk': 1}
-  assert stats.subset_row(ds.train) == {'identities': 1, 'tracklets': 2, 'frames': 5, 'cameras': 2, 'junk': 0}
+  # pids 1, 2, 3 are identities; pid -1 (4 frames) is junk, pid 0 (2 tracklets, 3 frames) distractors.
+  assert stats.subset_row(ds.test) == {'identities': 3, 'tracklets': 8, 'frames': 12, 'cameras': 2,
+                                       'distractors': 2, 'junk': 1}
+  # Training pids are relabelled 0..N-1: pid 0 is an identity there.
+  assert stats.subset_row(ds.train, relabelled=True) == {'identities': 1, 'tracklets': 2, 'frames': 5,
+                                                         'cameras': 2, 'distractors': 0, 'junk': 0}
 
 
 def _config(dataset, data_dir, split=0):
@@ -67,9 +71,9 @@ def test_run_on_pku2cam(shared_data, capsys):
   assert stdout.splitlines()[0].startswith('ilidsvid (split 4)')
   rows = _rows(stdout)
   # 37 persons x 2 cameras x 8 frames for training; one 8-frame tracklet per test person and camera.
-  assert rows['train'] == [37, 74, 592, 2, 0]
-  assert rows['query'] == [37, 37, 296, 1, 0]
-  assert rows['gallery (cross_camera)'] == [37, 37, 296, 1, 0]
+  assert rows['train'] == [37, 74, 592, 2, 0, 0]
+  assert rows['query'] == [37, 37, 296, 1, 0, 0]
+  assert rows['gallery (cross_camera)'] == [37, 37, 296, 1, 0, 0]
   assert rows['cross_camera'] == [37, 37, 0]
 
 
@@ -89,11 +93,16 @@ def test_command_on_mars(shared_data):
   info = shared_data / 'mars' / 'info'
   tracks = scipy.io.loadmat(info / 'tracks_test_info.mat')['track_test_info'].astype(np.int64)
   query = tracks[scipy.io.loadmat(info / 'query_IDX.mat')['query_IDX'].ravel() - 1]
-  assert rows['train'] == [625, 8298, 509914, 6, 0]
-  assert rows['query'] == [len(set(query[:, 2])), 1980, int((query[:, 1] - query[:, 0] + 1).sum()), 6, 0]
-  assert rows['gallery (official)'][1:] == [12180, 681089, 6, int((tracks[:, 2] == -1).sum())]
-  assert rows['gallery (torchreid)'][1:] == [9330, 681089 - rows['query'][2] - int(
-      (tracks[tracks[:, 2] == -1, 1] - tracks[tracks[:, 2] == -1, 0] + 1).sum()), 6, 0]
+  junk, distractor = tracks[:, 2] == -1, tracks[:, 2] == 0
+  frames = tracks[:, 1] - tracks[:, 0] + 1
+  gallery_ids = len(set(tracks[:, 2]) - {0, -1})
+  assert rows['train'] == [625, 8298, 509914, 6, 0, 0]
+  assert rows['query'] == [len(set(query[:, 2])), 1980, int((query[:, 1] - query[:, 0] + 1).sum()), 6, 0, 0]
+  assert rows['gallery (official)'] == [gallery_ids, 12180, 681089, 6, int(distractor.sum()), int(junk.sum())]
+  assert rows['gallery (paper)'] == [gallery_ids, 11310, 681089 - int(frames[junk].sum()), 6,
+                                     int(distractor.sum()), 0]
+  assert rows['gallery (torchreid)'][1:] == [9330, 681089 - rows['query'][2] - int(frames[junk].sum()), 6,
+                                             int(distractor.sum()), 0]
   assert rows['paper'] == [1980, 11310, 0]
   assert rows['torchreid'] == [1980, 9330, 140]
   assert rows['official'] == [1980, 12180, 0]

@@ -47,7 +47,7 @@ class VideoReIDDataset:
     test: every tracklet whose feature the evaluator extracts (query and gallery draw from it).
     query: int64 `[Q]` indices into `test`.
     galleries: scoring convention name -> int64 `[G]` indices into `test`. MARS has 'paper',
-      'torchreid' and 'official'; the other datasets have 'cross_camera'.
+      'torchreid' and 'official'; LS-VID 'paper' and 'official'; the others 'cross_camera'.
     split: split index for datasets with several splits (iLIDS-VID, PRID-2011), else 0.
   """
 

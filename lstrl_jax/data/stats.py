@@ -3,9 +3,10 @@ r"""Prints a dataset's statistics: identities, tracklets, frames and cameras per
   python -m lstrl_jax.data.stats --config configs/default.py \
       --config.dataset=mars --config.data_dir=../shared/data/mars
 
-Reads `config.dataset`, `config.data_dir` and `config.split`; only the index is built (no image is opened).
-Identities count distinct pids other than -1 (MARS's junk, counted in its own column); MARS's distractor
-pid 0 counts as one identity, as deep-person-reid counts it. The second table gives, per scoring
+Reads `config.dataset`, `config.data_dir`, `config.split` (and `prid_min_frames`); only the index is built
+(no image is opened). Identities count distinct pids other than MARS's distractor pid 0 and junk pid -1;
+the tracklets of those two are counted in their own columns, 'distractors' and 'junk' (deep-person-reid's
+MARS statistics count pid 0 as one identity; here it is not one). The second table gives, per scoring
 convention, the query and gallery sizes and how many queries have no valid match: no gallery tracklet of
 the same pid from another camera (deep-person-reid skips such queries; the other conventions keep them).
 A bad dataset prints one line to stderr and exits 1.
@@ -22,7 +23,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lstrl_jax.data.datasets import load_dataset
+from lstrl_jax.data.datasets import load_dataset, reader_options
 from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 
 def define_flags() -> None:
@@ -30,15 +31,22 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 
 
-def subset_row(tracklets: Sequence[Tracklet]) -> dict[str, int]:
-  """Counts of one subset: identities (pids other than -1), tracklets, frames, cameras, junk (pid -1)."""
+def subset_row(tracklets: Sequence[Tracklet], relabelled: bool = False) -> dict[str, int]:
+  """Counts of one subset: identities (pids other than 0 and -1), tracklets, frames, cameras, distractor
+  tracklets (pid 0) and junk tracklets (pid -1).
+
+  With `relabelled` (training tracklets, pids 0..N-1 after `common.relabel`) every pid is an identity and
+  the distractor and junk columns are 0.
+  """
   pids = {t.pid for t in tracklets}
+  special = set() if relabelled else {0, -1}
   return {
-      'identities': len(pids - {-1}),
+      'identities': len(pids - special),
       'tracklets': len(tracklets),
       'frames': sum(len(t.frames) for t in tracklets),
       'cameras': len({t.camid for t in tracklets}),
-      'junk': sum(t.pid == -1 for t in tracklets),
+      'distractors': 0 if relabelled else sum(t.pid == 0 for t in tracklets),
+      'junk': 0 if relabelled else sum(t.pid == -1 for t in tracklets),
   }
 
 
@@ -72,10 +80,10 @@ def format_table(dataset: VideoReIDDataset, root: str) -> str:
   header = f'{dataset.name} (split {dataset.split}) at {root}'
   subsets = [('train', dataset.train), ('query', [dataset.test[i] for i in dataset.query])]
   subsets += [(f'gallery ({k})', [dataset.test[i] for i in v]) for k, v in dataset.galleries.items()]
-  columns = ('identities', 'tracklets', 'frames', 'cameras', 'junk')
+  columns = ('identities', 'tracklets', 'frames', 'cameras', 'distractors', 'junk')
   lines = [header, f'{"subset":<22}' + ''.join(f'{c:>12}' for c in columns)]
   for name, tracklets in subsets:
-    row = subset_row(tracklets)
+    row = subset_row(tracklets, relabelled=name == 'train')
     lines.append(f'{name:<22}' + ''.join(f'{row[c]:>12,}' for c in columns))
   columns = ('query', 'gallery', 'no match')
   lines += ['', f'{"convention":<22}' + ''.join(f'{c:>12}' for c in columns)]
@@ -92,7 +100,7 @@ def run(config: ml_collections.ConfigDict) -> int:
     The exit status: 0, or 1 after printing a DatasetError as one line to stderr.
   """
   try:
-    dataset = load_dataset(config.dataset, config.data_dir, split=config.split)
+    dataset = load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
   except DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -1,7 +1,8 @@
 """Evaluation of a model on a dataset's test set under every scoring convention it defines (DESIGN.md §3).
 
 `evaluate` embeds the test tracklets once (`extract`) and scores the query set against each gallery of
-`dataset.galleries` ('paper', 'torchreid', 'official' on MARS; 'cross_camera' elsewhere) with the pure
+`dataset.galleries` ('paper', 'torchreid', 'official' on MARS; 'paper', 'official' on LS-VID; 'cross_camera'
+on iLIDS-VID, PRID-2011 and DukeMTMC-VideoReID; README "Scoring conventions") with the pure
 ranking metrics (`metrics`), optionally after k-reciprocal re-ranking (`rerank`). `format_results` prints
 the table, naming dataset, split, clip selection, distance and convention, as every reported number must.
 """
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from lstrl_jax import sharding
-from lstrl_jax.data.datasets import load_dataset
+from lstrl_jax.data.datasets import load_dataset, reader_options
 from lstrl_jax.data.index import VideoReIDDataset
 from lstrl_jax.evaluation import extract
 from lstrl_jax.evaluation import metrics
@@ -299,7 +300,7 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any
   config, variables, step = load_for_eval(path)
   apply_overrides(config, overrides or {})
   clip_selection = clip_selection or config.final_clip_selection
-  dataset = load_dataset(config.dataset, config.data_dir, split=config.split)
+  dataset = load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
   if len(dataset.query) == 0:
     raise EvaluationError(f'{dataset.name} (split {dataset.split}) at {config.data_dir}: the query set is empty')
   model = model_from_config(config.model, dataset.num_train_pids)

@@ -8,17 +8,24 @@ by `top_k` over the matches and a binary search (`_good_ranks`), O(G log K) per 
 Items are ordered by (distance, gallery index): ties keep gallery order, as a stable sort (MATLAB's `sort`,
 NumPy's stable `argsort`) would. Distances must be finite.
 
-Scoring conventions (DESIGN.md section 3); in all of them distractors (pid 0) are ordinary non-matches and
-gallery items with the query's pid and camid are junk (ignored: they neither count nor take a rank):
-- 'paper': plain (non-interpolated) AP; mAP and CMC averaged over ALL queries, a query without a valid
-  match scoring AP 0 and CMC 0 (AP3D / PSTA / the LSTRL author's evaluation on MARS).
+Scoring conventions (DESIGN.md section 3; README "Scoring conventions" gives each one's gallery). In all of
+them distractors (pid 0) are ordinary non-matches and gallery items with the query's pid and camid are junk
+(ignored: they neither count nor take a rank):
+- 'paper': plain (non-interpolated) AP; queries without a valid match are skipped (guxinqian/AP3D
+  `tools/eval_metrics.py` `evaluate`: `num_no_gt += 1; continue`, the averages divide by `num_q - num_no_gt`;
+  blue-blue272/VideoReID-TCLNet `tools/eval_metrics.py` `eval_market1501` likewise). MARS (whose 'paper'
+  gallery holds every query, so no query lacks a match) and LS-VID (gallery test - query).
 - 'torchreid': plain AP; queries without a valid match are skipped (torchreid `eval_market1501`).
-- 'official': MARS's MATLAB code (`evaluation_mars.m` + `compute_AP.m`): pid -1 gallery items are junk too;
-  AP by the trapezoid rule `ap += d_recall * (old_precision + precision) / 2` with `old_precision = 1` at
-  rank 0; CMC averaged over all queries. A query without a valid match (none on MARS) gets AP 0 here where
-  the MATLAB code would give NaN.
-- 'cross_camera' (iLIDS-VID, PRID-2011, LS-VID, DukeMTMC-VideoReID): plain AP, queries without a valid
-  match skipped.
+- 'official': the datasets' MATLAB scripts (MARS `evaluation_mars.m` + `compute_AP.m`; LS-VID's test script
+  and the GLTR `compute_AP.m`, same trapezoid rule): pid -1 gallery items are junk too (MARS's `junk0`;
+  LS-VID's script has no pid -1 rule, so the two agree unless an LS-VID test list holds pid -1); AP by the
+  trapezoid rule
+  `ap += d_recall * (old_precision + precision) / 2` with `old_precision = 1` at rank 0; mAP and CMC
+  averaged over all queries, a query without a valid match counting AP 0 and CMC 0 (ljn114514/GLTR
+  `compute_AP.m`: `if length(good_image)==0, ap=0`; none on MARS).
+- 'cross_camera' (iLIDS-VID, PRID-2011, DukeMTMC-VideoReID): plain AP, queries without a valid match skipped
+  (torchreid `eval_market1501`; on iLIDS-VID and PRID-2011 every query has exactly one match, in the other
+  camera, so AP = 1 / its rank).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ class Convention:
 
 
 CONVENTIONS = {
-    'paper': Convention('paper', unlabeled_junk=False, trapezoid_ap=False, skip_no_match=False),
+    'paper': Convention('paper', unlabeled_junk=False, trapezoid_ap=False, skip_no_match=True),
     'torchreid': Convention('torchreid', unlabeled_junk=False, trapezoid_ap=False, skip_no_match=True),
     'official': Convention('official', unlabeled_junk=True, trapezoid_ap=True, skip_no_match=False),
     'cross_camera': Convention('cross_camera', unlabeled_junk=False, trapezoid_ap=False, skip_no_match=True),

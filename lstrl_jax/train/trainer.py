@@ -50,7 +50,7 @@ from jax.sharding import Mesh
 
 from lstrl_jax import sharding
 from lstrl_jax.data import pipeline
-from lstrl_jax.data.datasets import load_dataset
+from lstrl_jax.data.datasets import load_dataset, reader_options
 from lstrl_jax.data.index import VideoReIDDataset
 from lstrl_jax.evaluation import evaluator
 from lstrl_jax.models import lstrl
@@ -325,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   sharding.maybe_initialize_distributed()
   check_config(config)
   mesh = sharding.make_mesh()
-  dataset = load_dataset(config.dataset, config.data_dir, split=config.split)
+  dataset = load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
   model = lstrl.model_from_config(config.model, dataset.num_train_pids)
   steps_per_epoch = pipeline.steps_per_epoch(dataset, config)
   total_steps = config.num_epochs * steps_per_epoch

@@ -1,18 +1,32 @@
 """LS-VID reader (Li et al., "Global-Local Temporal Representations for Video Person Re-Identification",
 ICCV 2019).
 
-Layout under `root` (the LS-VID release):
+Layout under `root` (the LS-VID release; forks of the AP3D/TCLNet code move the lists under info/):
 
   list_sequence/list_seq_train.txt     one tracklet per line: '<prefix> <pid>', e.g.
   list_sequence/list_seq_test.txt        'tracklet_train/0001/0001_0001_01 1' (a path prefix, not a folder)
   test/data/info_test.mat              MATLAB v7.3 (HDF5), dataset `query`: 1-based rows of list_seq_test
   tracklet_train/<pid>/<prefix>_<frame>.jpg, tracklet_test/...   frames: '<pid>_<x>_<cam>_<frame>.jpg'
+  or info/list_sequence/list_seq_{train,test}.txt and info/data/info_test.mat   (the forks' placement)
 
-As in the authors' GLTR code and AP3D/TCLNet: a tracklet's frames are the files `<prefix>_*` next to the
-prefix (ordered here by the frame number after the last '_'), the camera is the third '_' field of the frame
-name (1..15, made 0-based), training pids are relabelled, test pids kept. The gallery 'cross_camera' is the
-whole test list, queries included (AP3D: "gallery set must contain query set"); the evaluator ignores
-same-pid-same-camera gallery items.
+As in the LSVID reader of the AP3D/TCLNet code family (blue-blue272/BiCnet-TKS `data_manager/lsvid.py`, the
+TCLNet authors' code): a tracklet's frames are the files `<prefix>_*` next to the prefix (ordered here by
+the frame number after the last '_'), the camera is the third '_' field of the frame name (1..15, made
+0-based), training pids are relabelled, test pids kept. Prefixes resolve against `root` in both placements.
+
+Galleries, one per scoring convention (`lstrl_jax.evaluation.metrics`; every reported number names one):
+  'paper'     test - query: the family's reader builds `gallery_IDX` as the test rows not in `query`, and
+              TCLNet's `evaluation.py` (blue-blue272/VideoReID-TCLNet) adds the queries back only for MARS.
+              Same-pid-same-camera items ignored, plain AP, queries without a match skipped
+              (`eval_market1501`; guxinqian/AP3D `tools/eval_metrics.py` likewise). The convention of the
+              numbers the video ReID literature (and the LSTRL table) reports for LS-VID.
+  'official'  every test tracklet, queries included: the release's MATLAB test script ranks each query
+              against all of `info_test` with `pdist2(query_feature, test_feature)`, good = same pid other
+              camera, junk = same pid same camera, AP by the trapezoid rule of `compute_AP.m` (0 for a query
+              without a good item: ljn114514/GLTR `Duke_test/compute_AP.m`, the LS-VID authors' code),
+              CMC and mAP averaged over all queries.
+BiCnet-TKS's `evaluation.py` instead prepends the queries to the reader's gallery for LS-VID (the whole test
+list, plain AP, no-match queries skipped), which is neither of the two.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 TRAIN_LIST = pathlib.Path('list_sequence') / 'list_seq_train.txt'
 TEST_LIST = pathlib.Path('list_sequence') / 'list_seq_test.txt'
 INFO_TEST = pathlib.Path('test') / 'data' / 'info_test.mat'
+FORK_INFO = pathlib.Path('info')  # forks: info/list_sequence/..., info/data/info_test.mat
 _FRAME = re.compile(r'^(.+)_(\d+)\.(?:jpg|jpeg|png)$', re.IGNORECASE)
 
 
@@ -107,22 +122,47 @@ def read_query(path: pathlib.Path, num_test: int) -> np.ndarray:
   return rows - 1
 
 
+def placement(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """Paths of list_seq_train.txt, list_seq_test.txt and info_test.mat under `root`, in either placement.
+
+  The release's (`list_sequence/`, `test/data/`) is used when its `list_sequence/` folder exists, else the
+  forks' (`info/list_sequence/`, `info/data/`) when that exists; files are checked by the callers.
+
+  Raises:
+    DatasetError: neither `list_sequence/` nor `info/list_sequence/` exists under `root`.
+  """
+  if (root / TRAIN_LIST.parent).is_dir():
+    return root / TRAIN_LIST, root / TEST_LIST, root / INFO_TEST
+  if (root / FORK_INFO / TRAIN_LIST.parent).is_dir():
+    return root / FORK_INFO / TRAIN_LIST, root / FORK_INFO / TEST_LIST, root / FORK_INFO / 'data' / INFO_TEST.name
+  raise DatasetError(f'{root / TRAIN_LIST.parent}: directory not found; expected the LS-VID sequence lists there '
+                     f'or in {FORK_INFO / TRAIN_LIST.parent}')
+
+
+def galleries(num_test: int, query: np.ndarray) -> dict[str, np.ndarray]:
+  """The two LS-VID gallery conventions as int64 index arrays into the test list (see module doc)."""
+  is_query = np.zeros(num_test, dtype=bool)
+  is_query[query] = True
+  return {'paper': np.flatnonzero(~is_query).astype(np.int64), 'official': np.arange(num_test, dtype=np.int64)}
+
+
 def load(root: str | pathlib.Path, *, split: int = 0) -> VideoReIDDataset:
   """Reads LS-VID from its sequence lists (frames are listed, not opened).
 
   Args:
-    root: the LS-VID folder (list_sequence/, test/data/, tracklet_*/).
+    root: the LS-VID folder (list_sequence/, test/data/, tracklet_*/; or info/list_sequence/, info/data/).
     split: must be 0 (LS-VID has one fixed split).
 
   Returns:
     VideoReIDDataset with training pids relabelled, test = list_seq_test order, query from info_test.mat,
-    galleries {'cross_camera': every test tracklet}.
+    galleries {'paper': test - query, 'official': every test tracklet}.
 
   Raises:
     DatasetError: missing root/list/folder, malformed line, empty tracklet, bad info_test.mat, split != 0.
   """
-  root = common.require_dir(pathlib.Path(root), 'an LS-VID root holding list_sequence/')
-  common.check_split(split, 1, root / TRAIN_LIST)
+  root = common.require_dir(pathlib.Path(root), 'an LS-VID root holding list_sequence/ (or info/list_sequence/)')
+  train_list, test_list, info_test = placement(root)
+  common.check_split(split, 1, train_list)
   index = _FrameIndex(root)
 
   def tracklets(list_path: pathlib.Path) -> list[Tracklet]:
@@ -132,10 +172,7 @@ def load(root: str | pathlib.Path, *, split: int = 0) -> VideoReIDDataset:
       out.append(Tracklet(frames, pid, camid))
     return out
 
-  train = common.relabel(tracklets(root / TRAIN_LIST))
-  test = tuple(tracklets(root / TEST_LIST))
-  query = read_query(root / INFO_TEST, len(test))
-  return VideoReIDDataset(
-      name='lsvid', train=train, test=test, query=query,
-      galleries={'cross_camera': np.arange(len(test), dtype=np.int64)},
-  )
+  train = common.relabel(tracklets(train_list))
+  test = tuple(tracklets(test_list))
+  query = read_query(info_test, len(test))
+  return VideoReIDDataset(name='lsvid', train=train, test=test, query=query, galleries=galleries(len(test), query))

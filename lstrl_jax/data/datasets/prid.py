@@ -4,19 +4,29 @@ SCIA 2011), multi-shot version.
 Layout under `root` (the official archive, plus deep-person-reid's optional split file):
 
   prid_2011/multi_shot/cam_a/person_NNNN/NNNN.png      385 persons
-  prid_2011/multi_shot/cam_b/person_NNNN/NNNN.png      749 persons; person_0001..0200 are seen by both
+  prid_2011/multi_shot/cam_b/person_NNNN/NNNN.png      749 persons
   splits_prid2011.json                                 optional: [{'train': [dirs], 'test': [dirs]}, ...]
 
-Protocol. Only the persons seen by both cameras are used (person_0001..person_0200 by the dataset's
-definition, found here as the folders present in both cam_a and cam_b). Video ReID work follows Wang et al.
-(ECCV 2014) and McLaughlin et al. (CVPR 2016) and keeps the 178 of them whose sequences are long enough in
-both cameras; deep-person-reid ships those 178 as 10 fixed 89/89 splits in `splits_prid2011.json` ("only
-178 persons whose sequences are more than a threshold are used"). This reader:
-  * uses `splits_prid2011.json` when it exists (train/test person folder names per split), so numbers are
-    comparable with deep-person-reid and the papers that use its file;
-  * otherwise keeps the persons with at least MIN_FRAMES (27) frames in both cameras, the threshold the
-    video ReID literature quotes, and draws 10 random 50/50 splits from the fixed seed SPLIT_SEED
-    (split s: the s-th permutation from `np.random.default_rng(SPLIT_SEED)`; first half test, rest train).
+Protocol. Only person_0001..person_0200 are the same people in both views (the dataset's page; torchreid's
+single-shot `PRID` reader: "200 identities appear in both views (index starts from 1 to 200)", 201..749 junk);
+a folder of the same name above 0200 in cam_a and cam_b holds two different people and is never used.
+Video ReID work then keeps the 178 of the 200 whose tracklets are long enough in both cameras:
+  * with `splits_prid2011.json` (KaiyangZhou/deep-person-reid, 10 splits of those 178 persons, 89 train /
+    89 test, read as is by torchreid's `prid2011.py`) its splits are used as is; every person in it must
+    be one of person_0001..0200;
+  * otherwise the persons with at least `min_frames` frames in both cameras are kept and 10 random 50/50
+    splits drawn from the fixed seed SPLIT_SEED (split s: the s-th permutation of
+    `np.random.default_rng(SPLIT_SEED)`; first half test, rest train). Default MIN_FRAMES = 27, the
+    threshold behind the 178 persons: liuyuisanai/Quality-Aware-Network (Liu et al., CVPR 2017)
+    `generate_data/generate_prid2011_data.m` keeps persons 1..200 with >= 27 frames in both cameras
+    ("select images >27 frame"; `dir` also lists '.' and '..', so `len<29` skips fewer than 27), and a
+    public peer reader that loads Wang et al.'s `train_test_splits_prid.mat` (ECCV 2014, 10 x 178, in the
+    iLIDS-VID archive's `train-test people splits/`; the splits RRS/DRSA-style papers use) asserts that
+    >= 27 leaves exactly those 178 persons (>= 21: 183). McLaughlin et al. (CVPR 2016,
+    niallmcl/Recurrent-Convolutional-Video-ReID `prepareDataset.lua`: "only use first 200 persons who
+    appear in both cameras") use all 200: `min_frames=1`. The config key is `prid_min_frames`
+    (configs/default.py). These random splits are not the published ones: put the JSON file in place to
+    compare with published numbers.
 Each person has one tracklet per camera; query cam_a (camid 0), gallery cam_b (camid 1) ('cross_camera').
 Original pids are the folder numbers (person_0042 -> 42).
 """
@@ -35,7 +45,8 @@ from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 MULTI_SHOT = pathlib.Path('prid_2011') / 'multi_shot'
 SPLITS_JSON = 'splits_prid2011.json'
 CAMERAS = ('cam_a', 'cam_b')
-MIN_FRAMES = 27
+MIN_FRAMES = 27  # leaves the 178 persons of the published splits (module docstring cites the sources)
+SHARED_PERSONS = 200  # person_0001..0200 are seen by both cameras
 NUM_SPLITS = 10
 SPLIT_SEED = 2011
 _PERSON = re.compile(r'^person_(\d+)$')
@@ -78,18 +89,22 @@ def read_splits_json(path: pathlib.Path) -> list[dict]:
 
 
 def shared_persons(multi_shot: pathlib.Path) -> list[str]:
-  """Sorted person folders present in both cam_a and cam_b (the 200 persons seen by both cameras).
+  """Sorted person_0001..person_0200 folders present in both cam_a and cam_b (the persons both cameras saw).
+
+  Folders above person_0200 are different people in the two cameras and are left out whatever their names.
 
   Raises:
-    DatasetError: a camera folder is missing or no person is seen by both cameras.
+    DatasetError: a camera folder is missing or none of person_0001..0200 is in both cameras.
   """
   cam_a, cam_b = (
       set(common.sorted_subdirs(common.require_dir(multi_shot / cam, f'the PRID-2011 {cam} folder of person_NNNN/')))
       for cam in CAMERAS
   )
-  persons = sorted(p for p in cam_a & cam_b if _PERSON.match(p))
+  persons = sorted(
+      p for p in cam_a & cam_b if (m := _PERSON.match(p)) and 1 <= int(m.group(1)) <= SHARED_PERSONS
+  )
   if not persons:
-    raise DatasetError(f'{multi_shot}: no person_NNNN folder in both cam_a and cam_b; expected 200')
+    raise DatasetError(f'{multi_shot}: none of person_0001..person_{SHARED_PERSONS:04d} is in both cam_a and cam_b')
   return persons
 
 
@@ -99,16 +114,19 @@ def load(root: str | pathlib.Path, *, split: int = 0, min_frames: int = MIN_FRAM
   Args:
     root: folder holding prid_2011/multi_shot/ (and optionally splits_prid2011.json).
     split: split index, 0..9 (or 0..len-1 of the JSON file).
-    min_frames: without a JSON file, persons need at least this many frames in each camera.
+    min_frames: without a JSON file, persons need at least this many frames in each camera (config key
+      `prid_min_frames`; default MIN_FRAMES, see the module docstring).
 
   Returns:
     VideoReIDDataset: training tracklets of both cameras (pids relabelled), test = cam_a tracklets of the
     test persons then their cam_b tracklets; query = the cam_a ones, galleries {'cross_camera': cam_b ones}.
 
   Raises:
-    DatasetError: missing root/folders, bad JSON or unknown person in it, empty tracklet, too few persons,
-      or split out of range.
+    DatasetError: missing root/folders, bad JSON or a person in it outside person_0001..0200 of both cameras,
+      empty tracklet, min_frames not a positive integer, too few persons, or split out of range.
   """
+  if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
+    raise DatasetError(f'prid_min_frames={min_frames!r}: expected a positive integer number of frames')
   root = common.require_dir(pathlib.Path(root), 'a PRID-2011 root holding prid_2011/multi_shot/')
   multi_shot = common.require_dir(root / MULTI_SHOT, 'the PRID-2011 multi_shot/cam_{a,b}/ folders')
   persons = shared_persons(multi_shot)
@@ -124,11 +142,13 @@ def load(root: str | pathlib.Path, *, split: int = 0, min_frames: int = MIN_FRAM
     splits, source = read_splits_json(json_path), json_path
     unknown = sorted(set().union(*(s['train'] + s['test'] for s in splits)) - set(persons))
     if unknown:
-      raise DatasetError(f'{json_path}: person {unknown[0]!r} is not in both cam_a and cam_b under {multi_shot}')
+      raise DatasetError(f'{json_path}: person {unknown[0]!r} is not one of person_0001..0200 in both cam_a and '
+                         f'cam_b under {multi_shot}')
   else:
     kept = [p for p in persons if min(len(frames(p, 0)), len(frames(p, 1))) >= min_frames]
     if len(kept) < 2:
-      raise DatasetError(f'{multi_shot}: {len(kept)} persons have >= {min_frames} frames in both cameras; need 2')
+      raise DatasetError(f'{multi_shot}: {len(kept)} of person_0001..0200 have >= {min_frames} frames in both '
+                         f'cameras (prid_min_frames); need 2')
     splits, source = random_splits(kept), multi_shot
   common.check_split(split, len(splits), source)
 
