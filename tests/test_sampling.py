@@ -198,3 +198,11 @@ def test_identity_order_is_redrawn_every_epoch():
   # The first batch of consecutive epochs differs (the same 3 identities twice: probability 1/120).
   first = [frozenset(tracklet_pids[sampler.global_batch(epoch * 3)]) for epoch in range(20)]
   assert sum(a == b for a, b in zip(first, first[1:])) <= 2
+
+
+def test_every_clip_of_every_step_has_its_own_rng():
+  # Each clip draws its frames and augmentation from its own stream: the 12 clips of a batch, over 5 steps,
+  # start from 60 different 64-bit values (a collision among 60 independent streams: probability ~1e-16).
+  sampler = _sampler()
+  first = {sampler[i].rng.integers(1 << 63) for i in range(60)}
+  assert len(first) == 60
