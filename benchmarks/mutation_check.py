@@ -189,6 +189,16 @@ MUTANTS = (
 )
 
 
+def _cpu_name() -> str:
+  """The CPU model from /proc/cpuinfo, else platform's guess."""
+  try:
+    text = pathlib.Path('/proc/cpuinfo').read_text()
+  except OSError:
+    return platform.processor() or platform.machine()
+  found = re.search(r'^model name\s*:\s*(.+)$', text, re.MULTILINE)
+  return found.group(1).strip() if found else platform.machine()
+
+
 def _copy_repository(destination: pathlib.Path) -> pathlib.Path:
   """Copies the tracked and untracked-not-ignored files into destination/repo; links destination/shared."""
   files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard', '-z'], cwd=REPO,
@@ -222,6 +232,12 @@ def _run_pytest(root: pathlib.Path, selection: list[str], stop_first: bool, time
   return result.returncode, time.perf_counter() - start, failed
 
 
+def _short(failed: list[str]) -> str:
+  """Failing tests as 'test_name (n cases)', parameters folded."""
+  names = [f.split('::')[-1].split('[')[0] for f in failed]
+  return ', '.join(n if names.count(n) == 1 else f'{n} ({names.count(n)} cases)' for n in dict.fromkeys(names))
+
+
 def _apply(root: pathlib.Path, mutant: Mutant) -> str:
   """Writes the mutant into the copy; returns the original text of the file."""
   path = root / mutant.path
@@ -249,8 +265,8 @@ def main() -> int:
     for m in mutants:
       print(f'{m.name:38} issue {m.issue}  {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}  [{" ".join(m.tests)}]')
     return 0
-  print(f'{len(mutants)} mutants | CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores | '
-        f'load {os.getloadavg()[0]:.2f} at start', flush=True)
+  print(f'{len(mutants)} mutants | CPU {_cpu_name()}, {os.cpu_count()} cores | load {os.getloadavg()[0]:.2f} at '
+        'start', flush=True)
   with tempfile.TemporaryDirectory(prefix='lstrl_mutants_') as tmp:
     tmp = pathlib.Path(tmp)
     root = _copy_repository(tmp)
@@ -272,14 +288,13 @@ def main() -> int:
         (root / m.path).write_text(original)
       verdict = {0: 'MISSED', 1: 'caught'}.get(status, 'error')
       rows.append((m, verdict, seconds, failed))
-      print(f'{m.name:38} {verdict:7} {seconds:6.1f} s  {", ".join(failed)[:200]}', flush=True)
+      print(f'{m.name:38} {verdict:7} {seconds:6.1f} s  {_short(failed)}', flush=True)
   caught = sum(v == 'caught' for _, v, _, _ in rows)
   total = sum(s for _, _, s, _ in rows)
   print(f'\n{caught} of {len(rows)} mutants caught; {total:.0f} s of test runs; load {os.getloadavg()[0]:.2f} at end')
   print('\n| mutant | issue item | file | verdict | s | failing tests |\n| --- | --- | --- | --- | --- | --- |')
   for m, verdict, seconds, failed in rows:
-    tests = ', '.join(f.split('::')[-1] for f in failed)
-    print(f'| {m.name} | {m.issue or "other"} | {m.path} | {verdict} | {seconds:.0f} | {tests} |')
+    print(f'| {m.name} | {m.issue or "other"} | {m.path} | {verdict} | {seconds:.0f} | {_short(failed)} |')
   return 0 if caught == len(rows) else 1
 
 

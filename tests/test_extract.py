@@ -156,7 +156,7 @@ def test_embeds_f_bn_and_masks_padding_rows(toy, clip_selection, batch_size):
   Every tracklet is embedded, so whichever row the padding is routed to is checked: rrs gives 5 clips (1 or 3
   padding rows for batches of 3 or 4), dense 8 clips (1 padding row for batches of 3).
   """
-  dataset, config, _ = toy
+  dataset = toy[0]
   config = make_config()
   config.eval_batch_size = batch_size
   variables = TwoFeatures().init(jax.random.key(1), jnp.zeros((1, 4, 16, 8, 3)), train=False)
