@@ -20,9 +20,11 @@ from lstrl_jax.data.datasets import load_dataset
 from lstrl_jax.evaluation import evaluator, metrics, visualize
 from lstrl_jax.models.lstrl import model_from_config
 from lstrl_jax.train import checkpoint
+from tests.test_scoring import reference_scores
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_PERSONS = 8  # 4 training and 4 test identities per split
+RERANK_PERSONS = 24  # 12 training and 12 test identities
 
 
 def tiny_config(data_dir, split):
@@ -35,7 +37,12 @@ def tiny_config(data_dir, split):
 
 
 def write_checkpoint(workdir, config, num_classes, seed=0):
-  """A step-7 checkpoint of random tiny-LSTRL variables, written by the trainer's checkpoint module."""
+  """A step-7 checkpoint of random tiny-LSTRL variables, written by the trainer's checkpoint module.
+
+  Kernels are He-normal and every BatchNorm the identity (scale 1, bias 0, mean 0, variance 1), so features of
+  different tracklets differ by a cosine distance of ~1e-2: far above float32 rounding, so rankings are the
+  same in float32 and in a float64 reference (0.1-normal BatchNorm scales gave distances of ~1e-9).
+  """
   model = model_from_config(config.model, num_classes)
   clips = jnp.zeros((1, config.seq_len, config.height, config.width, 3))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), clips, train=False))
@@ -45,9 +52,11 @@ def write_checkpoint(workdir, config, num_classes, seed=0):
     name = jax.tree_util.keystr(path)
     if 'var' in name:
       return np.ones(leaf.shape, np.float32)
-    if 'mean' in name:
+    if 'mean' in name or 'bias' in name:
       return np.zeros(leaf.shape, np.float32)
-    return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
+    if 'scale' in name:
+      return np.ones(leaf.shape, np.float32)
+    return (np.sqrt(2.0 / np.prod(leaf.shape[:-1])) * rng.normal(size=leaf.shape)).astype(np.float32)
 
   variables = jax.tree_util.tree_map_with_path(fill, shapes)
   state = {'params': variables['params'], 'batch_stats': variables['batch_stats'], 'step': np.int32(7)}
@@ -84,7 +93,12 @@ def runs(tmp_path_factory):
   split0, split1 = (write_checkpoint(root / f'split{s}', tiny_config(data, s), DEMO_PERSONS // 2, seed=s)
                     for s in (0, 1))
   other = write_checkpoint(root / 'other', tiny_config(data, 0), num_classes=625)
+  # Re-ranking needs k1 + 1 = 21 tracklets: 12 test persons, one tracklet per camera.
+  rerank_data = demo.generate(root / 'demo_rerank', num_persons=RERANK_PERSONS, frames=3)
+  rerank_ckpt = write_checkpoint(root / 'rerank', tiny_config(rerank_data, 0), RERANK_PERSONS // 2, seed=2)
   processes = {
+      'rerank': start_eval(f'--ckpt={rerank_ckpt}', '--clip_selection=rrs', '--rerank',
+                           f'--save_features={root / "rerank.npz"}'),
       'full': start_eval(f'--ckpt={split0},{split1 / "checkpoints" / "7"}', '--clip_selection=rrs',
                          f'--save_features={root / "feats.npz"}', '--pictures', '--config.eval_batch_size=2'),
       'missing': start_eval(f'--ckpt={root / "nowhere"}'),
@@ -94,7 +108,7 @@ def runs(tmp_path_factory):
   for name, process in processes.items():
     stdout, stderr = process.communicate(timeout=900)
     results[name] = (process.returncode, stdout, stderr)
-  return dict(results, root=root, data=data, workdirs=(split0, split1))
+  return dict(results, root=root, data=data, rerank_data=rerank_data, workdirs=(split0, split1))
 
 
 def test_two_splits_table_features_and_pictures(runs):
@@ -102,9 +116,10 @@ def test_two_splits_table_features_and_pictures(runs):
   assert returncode == 0, stderr[-3000:]
   assert 'demo (split 0 step 7) | clip selection: rrs | distance: cosine | no re-ranking' in text
   assert 'demo (split 1 step 7)' in text and 'demo (mean over 2 splits 0,1)' in text
-  rows = re.findall(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+4\s+4\s+0$', text,
+  rows = re.findall(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+4\s+4\s+0$', text,
                     re.MULTILINE)
   assert len(rows) == 3, text
+  want = []
   for split in (0, 1):
     saved = np.load(runs['root'] / f'feats_{split}.npz')
     dataset = load_dataset('demo', runs['data'], split=split)
@@ -114,14 +129,11 @@ def test_two_splits_table_features_and_pictures(runs):
     np.testing.assert_array_equal(saved['query'], dataset.query)
     offsets = saved['frame_offsets']
     assert list(saved['frame_paths'][offsets[3]:offsets[4]]) == list(dataset.test[3].frames)
-    # The printed table is the metric of the saved features.
-    query, gallery = saved['query'], saved['gallery_cross_camera']
-    feats, pids, camids = saved['features'], saved['pids'], saved['camids']
-    scores = metrics.evaluate_features(feats[query], feats[gallery], pids[query], camids[query], pids[gallery],
-                                       camids[gallery], convention='cross_camera')
-    assert float(rows[split][0]) == pytest.approx(100 * scores['mAP'], abs=0.006)
-    assert float(rows[split][1]) == pytest.approx(100 * scores['R-1'], abs=0.006)
-  assert float(rows[2][1]) == pytest.approx((float(rows[0][1]) + float(rows[1][1])) / 2, abs=0.01)
+    # The printed table is the per-query NumPy reference's scores of the saved features.
+    want.append(reference_scores(saved['features'], saved['query'], saved['gallery_cross_camera'], saved['pids'],
+                                 saved['camids'], 'cross_camera'))
+    assert [float(v) for v in rows[split]] == pytest.approx([100 * v for v in want[-1][:3]], abs=0.006)
+  assert [float(v) for v in rows[2]] == pytest.approx([50 * (a + b) for a, b in zip(*want)][:3], abs=0.006)
   for workdir in runs['workdirs']:
     pictures = sorted(p.name for p in (workdir / 'pictures').iterdir())
     assert 'ranking_cross_camera_rrs.png' in pictures
@@ -172,24 +184,46 @@ def test_format_and_mean_over_splits():
     evaluator.mean_over_splits([results[0], dict(results[1], distance='euclidean')])
 
 
-def test_mars_protocol_with_identity_features(shared_data):
-  """Real MARS pids/camids, every 10th query: features equal per pid, so AP = 1 wherever a match exists."""
+def test_mars_protocol_conventions_with_imperfect_features(shared_data):
+  """Real MARS pids/camids, every 10th query; features = identity code + noise, so APs spread over (0, 1) and
+  plain and trapezoid AP, and skipping or counting queries without a match, give different numbers."""
   full = load_dataset('mars', shared_data / 'mars')
   dataset = dataclasses.replace(full, query=full.query[::10])
-  pids = np.asarray([t.pid for t in dataset.test])
-  camids = np.asarray([t.camid for t in dataset.test])
-  codes = np.random.default_rng(0).normal(size=(pids.max() + 2, 16)).astype(np.float32)
-  results = evaluator.score_features(codes[pids + 1], dataset, distance='cosine', clip_selection='dense')
+  pids, camids = evaluator.tracklet_labels(dataset)
+  rng = np.random.default_rng(0)
+  codes = rng.normal(size=(pids.max() + 2, 16))
+  features = (codes[pids + 1] + 0.8 * rng.normal(size=(len(pids), 16))).astype(np.float32)
+  results = evaluator.score_features(features, dataset, distance='cosine', clip_selection='dense')
   table = results['conventions']
   assert list(table) == ['paper', 'torchreid', 'official']
   assert [table[c]['num_gallery'] for c in table] == [11310, 9330, 12180]
+  want = {}
   for name, scores in table.items():
-    gallery = dataset.galleries[name]
-    has_match = np.array([np.any((pids[gallery] == pids[q]) & (camids[gallery] != camids[q])) for q in dataset.query])
-    assert scores['num_query'] == 198 and scores['no_match'] == (~has_match).sum()
-    skipped = name == 'torchreid'
-    assert scores['num_scored'] == (has_match.sum() if skipped else 198)
-    assert scores['mAP'] == pytest.approx(1.0 if skipped else has_match.mean())
-    assert scores['R-1'] == pytest.approx(1.0 if skipped else has_match.mean())
+    want[name] = reference_scores(features, dataset.query, dataset.galleries[name], pids, camids, name)
+    ap, r1, r5, no_match = want[name]
+    assert scores['mAP'] == pytest.approx(ap, abs=1e-5)
+    assert (scores['R-1'], scores['R-5']) == pytest.approx((r1, r5), abs=1e-9)
+    assert scores['num_query'] == 198 and scores['no_match'] == no_match
+    assert scores['num_scored'] == 198 - (no_match if name == 'torchreid' else 0)
   assert table['torchreid']['no_match'] > 0 and table['paper']['no_match'] == 0
+  # The case tells the conventions apart: each pair of mAPs differs by far more than the tolerance.
+  maps = sorted(v[0] for v in want.values())
+  assert 0.2 < maps[0] and maps[-1] < 0.9 and min(np.diff(maps)) > 1e-3
   assert 'mars (test set) | clip selection: dense' in evaluator.format_results(results)
+
+
+def test_rerank_flag_through_eval_py(runs):
+  """eval.py --rerank prints the scores of the saved features after the reference re-ranking (k1=20, k2=6,
+  lambda=0.3), which differ here from the scores without it."""
+  returncode, text, stderr = runs['rerank']
+  assert returncode == 0, stderr[-3000:]
+  assert 'demo (split 0 step 7) | clip selection: rrs | distance: cosine | k-reciprocal re-ranking' in text
+  row = re.search(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+12\s+12\s+0$', text,
+                  re.MULTILINE)
+  assert row, text
+  saved = np.load(runs['root'] / 'rerank.npz')
+  labels = (saved['query'], saved['gallery_cross_camera'], saved['pids'], saved['camids'], 'cross_camera')
+  want = reference_scores(saved['features'], *labels, rerank=True)
+  plain = reference_scores(saved['features'], *labels)
+  assert abs(want[0] - plain[0]) > 0.005  # printed to 0.01 %: the table tells re-ranked from plain apart
+  assert [float(v) for v in row.groups()] == pytest.approx([100 * v for v in want[:3]], abs=0.006)

@@ -138,3 +138,31 @@ def test_two_cpu_devices_give_the_same_features_and_check_divisibility(toy, tmp_
                           timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   np.testing.assert_allclose(np.load(out), single, atol=1e-5)
+
+
+class TwoFeatures(nn.Module):
+  """f = Dense(mean colour) and f_bn = 2 f + 1: a model whose clip feature and BNNeck feature differ."""
+
+  @nn.compact
+  def __call__(self, clips, *, train):
+    f = nn.Dense(5)(jnp.mean(clips, axis=(1, 2, 3)))
+    return {'features': f, 'bn_features': 2.0 * f + 1.0, 'logits': f}
+
+
+@pytest.mark.parametrize('clip_selection, batch_size', [('rrs', 3), ('dense', 3), ('rrs', 4)])
+def test_embeds_f_bn_and_masks_padding_rows(toy, clip_selection, batch_size):
+  """Test feature f_bn (DESIGN.md section 1); padding rows (zero clips, whose f_bn is not zero) add nothing.
+
+  Every tracklet is embedded, so whichever row the padding is routed to is checked: rrs gives 5 clips (1 or 3
+  padding rows for batches of 3 or 4), dense 8 clips (1 padding row for batches of 3).
+  """
+  dataset = toy[0]
+  config = make_config()
+  config.eval_batch_size = batch_size
+  variables = TwoFeatures().init(jax.random.key(1), jnp.zeros((1, 4, 16, 8, 3)), train=False)
+  frames = ([[[t * n // 4 for t in range(4)]] for n in LENGTHS] if clip_selection == 'rrs'
+            else [dense_frames(n) for n in LENGTHS])
+  f = expected_features(variables, frames)
+  got = extract.extract_features(TwoFeatures(), variables, dataset, config, clip_selection=clip_selection,
+                                 mesh=sharding.make_mesh())
+  np.testing.assert_allclose(got, 2.0 * f + 1.0, atol=1e-5)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from lstrl_jax.train import losses
 
@@ -78,3 +79,39 @@ def test_batch_hard_triplet_gradient_finite_with_single_identity():
   value, grad = jax.value_and_grad(losses.batch_hard_triplet)(x, jnp.array([0, 0]), 0.3)
   assert float(value) == 0.0
   assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def _torch_batch_hard(x, pids, margin):
+  """The author group's PyTorch TripletLoss (AP3D `losses.TripletLoss`), per anchor and reduced.
+
+  Returns (mean loss as float, per-anchor hinge `[B]`, gradient of the mean with respect to x `[B, D]`).
+  """
+  inputs = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+  targets = torch.tensor(pids)
+  n = inputs.size(0)
+  dist = torch.pow(inputs, 2).sum(dim=1, keepdim=True).expand(n, n)
+  dist = dist + dist.t()
+  dist = torch.addmm(dist, inputs, inputs.t(), beta=1, alpha=-2)
+  dist = dist.clamp(min=1e-12).sqrt()
+  mask = targets.expand(n, n).eq(targets.expand(n, n).t())
+  dist_ap = torch.stack([dist[i][mask[i]].max() for i in range(n)])
+  dist_an = torch.stack([dist[i][~mask[i]].min() for i in range(n)])
+  y = torch.ones_like(dist_an)
+  per_anchor = torch.nn.MarginRankingLoss(margin=margin, reduction='none')(dist_an, dist_ap, y)
+  loss = torch.nn.MarginRankingLoss(margin=margin)(dist_an, dist_ap, y)
+  loss.backward()
+  return loss.item(), per_anchor.detach().numpy(), inputs.grad.numpy()
+
+
+def test_batch_hard_triplet_averages_over_every_anchor_like_torch():
+  # Two tight, far-apart identities (anchors with zero loss) and two overlapping ones (positive loss):
+  # MarginRankingLoss takes the mean over all 8 anchors, zero-loss ones included.
+  rng = np.random.default_rng(3)
+  centres = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.1, 0.0]])
+  x = (np.repeat(centres, 2, axis=0) + 0.1 * rng.normal(size=(8, 3))).astype(np.float32)
+  pids = np.repeat([4, 9, 2, 7], 2)
+  want, per_anchor, want_grad = _torch_batch_hard(x, pids, 0.3)
+  assert (per_anchor[:4] == 0).all() and (per_anchor[4:] > 0).all()  # the case has both kinds of anchor
+  got, grad = jax.value_and_grad(losses.batch_hard_triplet)(jnp.asarray(x), jnp.asarray(pids), 0.3)
+  assert float(got) == pytest.approx(want, rel=1e-4)  # float32 against float64
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-5)

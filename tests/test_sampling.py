@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from lstrl_jax.data import sampling
 from lstrl_jax.data.sampler import IdentitySampler, clip_rng
@@ -137,3 +138,71 @@ def test_too_few_identities_names_the_config_key():
     _sampler(num_identities=11)
   with pytest.raises(ValueError, match='split over 5 hosts'):
     _sampler(shard_count=5)
+
+
+# Statistical tests: a fixed seed makes each deterministic; the stated false-alarm rate is the chance that a
+# correct implementation would fail for a seed drawn at random (the chi-square tail at the threshold).
+FALSE_ALARM = 1e-4
+
+
+def _chi_square_below_threshold(counts, expected):
+  """Pearson's statistic of `counts` against `expected`, and whether it is below the FALSE_ALARM quantile."""
+  statistic = float(np.sum((counts - expected) ** 2 / expected))
+  return statistic, statistic < scipy.stats.chi2.isf(FALSE_ALARM, len(counts) - 1)
+
+
+def test_rrs_train_is_uniform_within_each_chunk_and_independent_across_chunks():
+  # n = 10, T = 4: chunks of 2, 3, 2, 3 frames, so 36 possible clips. RRS (Li et al. 2018) draws one frame
+  # uniformly and independently from each chunk: every clip has probability 1/36. One clip per clip RNG, as
+  # the training pipeline draws them.
+  start, stop = sampling.rrs_chunks(10, 4)
+  sizes = stop - start
+  draws = np.stack([sampling.rrs_train(10, 4, clip_rng(0, i, 0)) for i in range(7200)])
+  cells = np.ravel_multi_index(tuple((draws - start).T), sizes)
+  statistic, ok = _chi_square_below_threshold(np.bincount(cells, minlength=36), 7200 / 36)
+  assert ok, f'chi-square {statistic:.1f} over 35 degrees of freedom'
+
+
+def test_rrs_train_long_tracklet_marginals_and_chunk_correlation():
+  # n = 83, T = 8: chunks of 10 or 11 frames. Each chunk's offset is uniform; offsets of different chunks are
+  # uncorrelated (|r| of independent variables exceeds 4.4 / sqrt(N) with probability ~1e-5).
+  num = 4000
+  start, stop = sampling.rrs_chunks(83, 8)
+  draws = np.stack([sampling.rrs_train(83, 8, clip_rng(1, i, 3)) for i in range(num)])
+  offsets = draws - start
+  for t in range(8):
+    size = int(stop[t] - start[t])
+    statistic, ok = _chi_square_below_threshold(np.bincount(offsets[:, t], minlength=size), num / size)
+    assert ok, f'chunk {t}: chi-square {statistic:.1f} over {size - 1} degrees of freedom'
+  correlation = np.corrcoef(offsets.T)[np.triu_indices(8, 1)]
+  assert np.abs(correlation).max() < 4.4 / np.sqrt(num), correlation
+
+
+def test_identity_order_is_redrawn_every_epoch():
+  # 10 identities, P = 3: 3 steps per epoch, one identity left out of each epoch. With a fresh random order
+  # every epoch each identity is left out with probability 1/10, independently of the epoch before; a fixed
+  # order leaves out the same identity every time (on MARS 625 mod 8 = 1 identity, more elsewhere).
+  sampler = _sampler()
+  tracklet_pids = np.random.default_rng(0).permutation(_PIDS)
+  epochs = 300
+  left_out = []
+  for epoch in range(epochs):
+    seen = {int(p) for s in range(3) for p in tracklet_pids[sampler.global_batch(epoch * 3 + s)]}
+    (missing,) = set(range(10)) - seen
+    left_out.append(missing)
+  left_out = np.array(left_out)
+  statistic, ok = _chi_square_below_threshold(np.bincount(left_out, minlength=10), epochs / 10)
+  assert ok, f'left-out identities: chi-square {statistic:.1f} over 9 degrees of freedom'
+  # Same identity left out in consecutive epochs: Binomial(299, 0.1), mean 29.9, sd 5.2; 55 is +4.8 sd.
+  assert np.sum(left_out[1:] == left_out[:-1]) < 55
+  # The first batch of consecutive epochs differs (the same 3 identities twice: probability 1/120).
+  first = [frozenset(tracklet_pids[sampler.global_batch(epoch * 3)]) for epoch in range(20)]
+  assert sum(a == b for a, b in zip(first, first[1:])) <= 2
+
+
+def test_every_clip_of_every_step_has_its_own_rng():
+  # Each clip draws its frames and augmentation from its own stream: the 12 clips of a batch, over 5 steps,
+  # start from 60 different 64-bit values (a collision among 60 independent streams: probability ~1e-16).
+  sampler = _sampler()
+  first = {sampler[i].rng.integers(1 << 63) for i in range(60)}
+  assert len(first) == 60

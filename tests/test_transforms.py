@@ -9,6 +9,7 @@ import pytest
 from lstrl_jax.data import sampling
 from lstrl_jax.data import transforms
 from lstrl_jax.data.index import DatasetError
+from lstrl_jax.data.sampler import clip_rng
 
 H, W, PAD = 16, 8, 2
 
@@ -155,3 +156,40 @@ def test_train_clip_matches_its_steps_and_eval_clip_pads_with_zeros():
   row = {'frames': (), 'names': (), 'indices': np.zeros(4, np.int64), 'tracklet': -1, 'mask': False}
   padded = transforms.EvalClip(H, W).map(row)
   assert not padded['clips'].any() and padded['tracklet'] == -1 and not padded['mask']
+
+
+@pytest.mark.parametrize('aspect, expected', [(3.0, (99, 33)), (0.5, (40, 81))])
+def test_erasing_rectangle_orientation_hand_worked(aspect, expected):
+  # Zhong et al.'s RandomErasing (and AP3D's): aspect r = h / w, so h = round(sqrt(area * r)) and
+  # w = round(sqrt(area / r)). At 256 x 128 with area 0.1: 3276.8 px; r = 3: h = sqrt(9830.4) = 99.1,
+  # w = sqrt(1092.3) = 33.0 (a tall rectangle); r = 0.5: h = sqrt(1638.4) = 40.5, w = sqrt(6553.6) = 81.0.
+  config = transforms.AugmentConfig(pad=0, erasing_prob=1.0, erasing_area=(0.1, 0.1), erasing_aspect=(aspect, aspect))
+  for seed in range(5):
+    y, x, h, w = transforms.draw_augmentation(np.random.default_rng(seed), 256, 128, config).erase
+    assert (h, w) == expected
+    assert 0 <= y <= 256 - h and 0 <= x <= 128 - w
+
+
+@pytest.mark.parametrize('probability', [0.5, 0.2])
+def test_erasing_probability_at_the_frame_size_of_the_paper(probability):
+  # At 256 x 128 with the paper's ranges almost every first attempt fits, so the erased clips follow
+  # Binomial(2000, p); a bound of 4.9 sd has a false-alarm rate of 1e-6. p = 0.2 tells `<` from `>` apart.
+  config = transforms.AugmentConfig(erasing_prob=probability)
+  erased = sum(transforms.draw_augmentation(clip_rng(5, i, 0), 256, 128, config).erase is not None
+               for i in range(2000))
+  assert abs(erased - 2000 * probability) < 4.9 * np.sqrt(2000 * probability * (1 - probability)), erased
+
+
+def test_train_clip_erases_the_same_rectangle_on_every_frame_of_different_frames():
+  # Frames that differ from each other (not one picture repeated): the erased pixels are exactly the drawn
+  # rectangle on every frame, and every frame keeps its own pixels elsewhere.
+  frames = _clip(8, 5)
+  element = {'frames': [_png(f) for f in frames], 'names': list('abcde'), 'pid': 0, 'camid': 0}
+  config = transforms.AugmentConfig(pad=0, flip_prob=0.0, erasing_prob=1.0)
+  for seed in range(10):
+    out = transforms.TrainClip(5, H, W, config).random_map(element, np.random.default_rng(seed))['clips']
+    y, x, h, w = transforms.draw_augmentation(_after_rrs(seed, 5, 5), H, W, config).erase
+    inside = np.zeros((H, W), bool)
+    inside[y:y + h, x:x + w] = True
+    assert (out[:, inside] == transforms.MEAN_PIXEL).all()
+    np.testing.assert_array_equal(out[:, ~inside], frames[:, ~inside])
