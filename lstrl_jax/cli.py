@@ -158,7 +158,7 @@ def _flag_lines() -> list[str]:
     if name != flag.name or '.' in name or module.startswith('absl'):
       continue
     default = '' if flag.default is None or isinstance(flag.default, ml_collections.ConfigDict) else \
-        f' (default: {flag.default_as_str})'
+        f' (default: {flag.default_as_str.strip(chr(39))})'
     required = ' (required)' if any('other than None' in v.message for v in flag.validators) else ''
     prefix = '--[no]' if flag.boolean else '--'
     lines.append(f'  {prefix}{name}: {" ".join(flag.help.split())}{default}{required}')
@@ -176,7 +176,10 @@ def _print_help(doc: str, help_config: Callable[[list[str]], tuple[str, Any] | N
     lines += ['', title] + config_tree(config)
   if '--helpfull' in argv:
     lines += ['', flags.FLAGS.get_help()]
-  print('\n'.join(lines), flush=True)
+  try:
+    print('\n'.join(lines), flush=True)
+  except BrokenPipeError:  # `--help | head`
+    sys.stdout = None
   sys.exit(EXIT_OK)
 
 
