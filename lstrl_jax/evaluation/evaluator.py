@@ -333,7 +333,7 @@ def picture_queries(dataset: VideoReIDDataset, features: np.ndarray, convention:
     for position in members:
       if int(position) not in chosen:
         chosen.append(int(position))
-        notes.append(f'{name} AP of {len(order)}')
+        notes.append(f'{name} AP of the {len(order)} queries')
   return chosen, notes
 
 

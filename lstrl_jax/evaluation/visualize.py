@@ -43,6 +43,7 @@ TEXT = (0, 0, 0)
 FONT_SIZE = 11  # pixels; Pillow's bundled font, so pictures look the same everywhere
 LINE = FONT_SIZE + 3  # pixels per text line
 ROW_LABEL_WIDTH = 170  # left margin of a ranked-results sheet holding the query labels
+TEXT_WIDTH = 420  # pixels: pictures narrower than this are widened for their text
 CAPTION_LINES = 3  # text lines under each gallery thumbnail: rank + pid, camera, distance
 LEGEND = ((MATCH, 'match: same pid, other camera'), (NON_MATCH, 'non-match: other pid'),
           (JUNK, 'junk: ignored by the metrics (same pid and camera; pid -1 under official)'))
@@ -54,15 +55,28 @@ def font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
   return ImageFont.load_default(size=size)
 
 
+def _wrap(line: str, width: int) -> list[str]:
+  """`line` broken at spaces into lines of at most `width` pixels in `font()` (a longer word stays whole)."""
+  lines, current = [], ''
+  for word in line.split(' '):
+    candidate = f'{current} {word}' if current else word
+    if current and font().getlength(candidate) > width:
+      lines.append(current)
+      candidate = word
+    current = candidate
+  return lines + [current]
+
+
 def add_text(image: Image.Image, top: Sequence[str] = (), bottom: Sequence[str] = (), *,
              colours: Sequence[tuple[int, int, int] | None] = ()) -> Image.Image:
   """`image` with lines of text above and below it, widened to the longest line.
 
-  `colours[i]`, when given, draws a swatch of that colour before bottom line i (a legend).
+  Lines above are wrapped to the width (at least TEXT_WIDTH pixels); `colours[i]`, when given, draws a swatch
+  of that colour before bottom line i (a legend).
   """
   size = font()
-  widths = [int(size.getlength(line)) + 2 * GAP + LINE for line in (*top, *bottom)]
-  width = max([image.width, *widths])
+  width = max(image.width, TEXT_WIDTH)
+  top = [part for line in top for part in _wrap(line, width - 2 * GAP - LINE)]
   out = Image.new('RGB', (width, image.height + LINE * (len(top) + len(bottom)) + (GAP if top else 0)),
                   BACKGROUND)
   draw = ImageDraw.Draw(out)
@@ -388,10 +402,11 @@ def write_figure5(model: nn.Module, variables: Any, dataset: VideoReIDDataset,
     at = '' if step is None else f', checkpoint step {step}'
     top = [f'Fig. 5: {dataset.name} test tracklet {tracklet} (pid {track.pid}, cam {track.camid}), frames '
            f'{", ".join(str(int(i)) for i in indices)} of {len(frames_of)}; after layer{stage}{at}',
-           f'white box: the query position (frame {where[0]}, row {where[1]}, column {where[2]} of the {h}x{w} map). '
-           f'D^1: its attention over all positions;',
-           f'D^2: of its (row, column) over frames; D^3: of its frame; D^4: of the whole clip. M^f, M^b: forward '
-           f'and backward motion (channel L2 norm)']
+           f'white box: the query position, clip frame {where[0]} (tracklet frame {int(indices[where[0]])}), row '
+           f'{where[1]}, column {where[2]} of the {h}x{w} feature map',
+           'D^1: its attention over every position of the clip; D^2: of its (row, column) over the frames; D^3: of '
+           'its frame; D^4: of the whole clip',
+           'M^f, M^b: forward and backward motion (channel L2 norm)']
     sheet = _stack(add_text(grid, top), colour_bar(min(grid.width - 2 * GAP, 256)))
     paths.append(save_png(sheet, pathlib.Path(directory) / f'fig5_t{tracklet}_stage{stage}.png'))
   return paths
