@@ -1,0 +1,131 @@
+"""Multi-granularity Appearance Extractor, MAE (LSTRL paper, section 3; DESIGN.md section 1).
+
+Per clip, with F `[T, h, w, C]` and c = C/4:
+  X1 = ω1(F) `[THW, c]` (1x1 conv, no bias); X2 = temporal mean of X1 `[hw, c]`; X3 = spatial mean `[T, c]`;
+  X4 = spatio-temporal mean `[1, c]`;
+  D^i = softmax(X_i X1ᵀ) over the THW key axis (no 1/√c scale);  A_i = D^i X1;
+  F^a = BN(ω2([A1, A2, A3, A4])), A2 repeated over T, A3 over h·w, A4 over T·h·w; ω2: 1x1 conv to C, no bias.
+
+A_i = D^i X1 is attention with query X_i, key = value = X1 and scale 1, so all four granularities go through
+one `jax.nn.dot_product_attention` call (queries concatenated along the sequence axis; softmax is per query
+row, so this is exact). The `[THW, THW]` matrix D^1 is never returned by that path; the explicit D^i are
+computed only for pictures, when the 'intermediates' collection is mutable.
+
+Sown into 'intermediates' (Flax `sow`, so each value is a 1-tuple), float32, for enabled granularities only:
+  D1 `[B, T*h*w, T*h*w]`, D2 `[B, h*w, T*h*w]`, D3 `[B, T, T*h*w]`, D4 `[B, 1, T*h*w]`;
+  query index (t, y, x) is row-major (t*h*w + y*w + x), keys likewise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstrl_jax.models.resnet import batch_norm, conv
+
+Dtype = Any
+
+
+def granularity_queries(x1: jnp.ndarray) -> list[jnp.ndarray]:
+  """The queries X1..X4 of the four granularities.
+
+  Args:
+    x1: X1 as `[B, T, h, w, c]`.
+
+  Returns:
+    [X1 `[B, T*h*w, c]`, X2 `[B, h*w, c]` (mean over T), X3 `[B, T, c]` (mean over h, w),
+    X4 `[B, 1, c]` (mean over T, h, w)].
+  """
+  b, t, h, w, c = x1.shape
+  return [
+      x1.reshape(b, t * h * w, c),
+      jnp.mean(x1, axis=1).reshape(b, h * w, c),
+      jnp.mean(x1, axis=(2, 3)),
+      jnp.mean(x1, axis=(1, 2, 3))[:, None],
+  ]
+
+
+def expand(a: jnp.ndarray, granularity: int, shape: tuple[int, int, int, int]) -> jnp.ndarray:
+  """Repeats A_i `[B, n_i, c]` onto `[B, T, h, w, c]` (granularity 0..3 for A1..A4).
+
+  A1 is reshaped, A2 repeated over T, A3 over h*w, A4 over T*h*w.
+  """
+  b, t, h, w = shape
+  grid = ((b, t, h, w), (b, 1, h, w), (b, t, 1, 1), (b, 1, 1, 1))[granularity]
+  return jnp.broadcast_to(a.reshape(*grid, a.shape[-1]), (b, t, h, w, a.shape[-1]))
+
+
+def attend(queries: jnp.ndarray, x1: jnp.ndarray) -> jnp.ndarray:
+  """A = softmax(Q X1ᵀ) X1 with `jax.nn.dot_product_attention` (scale 1, one head, no mask).
+
+  Args:
+    queries: Q `[B, N, c]`.
+    x1: keys and values X1 `[B, S, c]`, same dtype as `queries`.
+
+  Returns:
+    A `[B, N, c]` in the dtype of `queries`; logits and softmax are float32 inside.
+  """
+  with jax.named_scope('attention'):
+    out = jax.nn.dot_product_attention(queries[:, :, None], x1[:, :, None], x1[:, :, None], scale=1.0)
+  return out[:, :, 0]
+
+
+def dependency_maps(queries: jnp.ndarray, x1: jnp.ndarray) -> jnp.ndarray:
+  """Explicit D = softmax(Q X1ᵀ) over the key axis, float32 `[B, N, S]` (for visualisation only)."""
+  logits = jnp.einsum('bnc,bsc->bns', queries, x1, preferred_element_type=jnp.float32)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+class MAE(nn.Module):
+  """F^a = BN(ω2([A1, A2, A3, A4])) for a clip feature map `[B, T, h, w, C] -> [B, T, h, w, C]`.
+
+  The BatchNorm scale starts at zero, so F^a = 0 at initialisation. C must be divisible by 4.
+
+  Attributes:
+    granularities: A1..A4 on/off (paper Table 4); ω2 takes (number enabled) * C/4 channels.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  granularities: Sequence[bool] = (True, True, True, True)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, f: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    """Computes F^a.
+
+    Args:
+      f: clip feature map F `[B, T, h, w, C]`.
+      train: BatchNorm normalises with batch statistics and updates 'batch_stats'.
+
+    Returns:
+      F^a `[B, T, h, w, C]` in `dtype`. Sows D1..D4 when 'intermediates' is mutable.
+
+    Raises:
+      ValueError: C is not divisible by 4, or no granularity is enabled.
+    """
+    b, t, h, w, channels = f.shape
+    if channels % 4 or not any(self.granularities):
+      raise ValueError(
+          f'MAE: needs channels divisible by 4 and at least one granularity, got C={channels}, '
+          f'granularities={tuple(self.granularities)}'
+      )
+    x1 = conv(channels // 4, 1, 1, self.dtype, self.param_dtype, name='omega1')(jnp.asarray(f, self.dtype))
+    enabled = [i for i, on in enumerate(self.granularities) if on]
+    all_queries = granularity_queries(x1)
+    queries = [all_queries[i] for i in enabled]
+    keys = all_queries[0]
+    attended = attend(jnp.concatenate(queries, axis=1), keys)
+    if self.is_mutable_collection('intermediates'):
+      for i, query in zip(enabled, queries):
+        self.sow('intermediates', f'D{i + 1}', dependency_maps(query, keys))
+    splits = np.cumsum([q.shape[1] for q in queries])[:-1]
+    pieces = jnp.split(attended, splits, axis=1)
+    a = jnp.concatenate([expand(p, i, (b, t, h, w)) for p, i in zip(pieces, enabled)], axis=-1)
+    a = conv(channels, 1, 1, self.dtype, self.param_dtype, name='omega2')(a)
+    return batch_norm(train, self.dtype, self.param_dtype, name='bn', zero_scale=True)(a)

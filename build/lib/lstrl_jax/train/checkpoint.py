@@ -1,0 +1,182 @@
+"""Checkpoints: orbax `CheckpointManager` under `<workdir>/checkpoints/<step>/`, one step directory holding
+
+  state/   the `TrainState` pytree (params, batch_stats, opt_state, step), OCDBT/tensorstore format
+  data/    the grain iterator position, one JSON file per process (`grain.checkpoint.CheckpointHandler`)
+  config/  the run's config as JSON (what `load_for_eval` rebuilds the model from)
+
+Orbax writes every step into a temporary directory and renames it when all items are complete, so a crash
+mid-save never leaves a half-written step that `latest_step` would pick up. Training resumes from the
+latest step with the same data order (exact resume); evaluation reads only `state/{params,batch_stats}`
+and `config/`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from lstrl_jax import sharding
+
+CHECKPOINT_DIR = 'checkpoints'
+_MAX_MESSAGE = 240  # characters of an underlying error kept in a CheckpointError (tensorstore's are long)
+
+
+class CheckpointError(Exception):
+  """A checkpoint is missing or unreadable; the message is one line naming the path."""
+
+
+def make_manager(workdir: str | pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager:
+  """The training run's checkpoint manager over `<workdir>/checkpoints` (created when missing).
+
+  Saves are asynchronous: arrays are copied to host memory before `save` returns (so the next, donating
+  train step cannot corrupt them) and written in a background thread; call `wait_until_finished` before
+  exiting.
+  """
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    data_iterator: grain.DataLoaderIterator | grain.DatasetIterator,
+    config: ml_collections.ConfigDict,
+) -> None:
+  """Saves the train state, the data iterator position and the config as checkpoint `step`."""
+  manager.save(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          config=ocp.args.JsonSave(json.loads(config.to_json())),
+      ),
+  )
+
+
+def restore(
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    data_iterator: grain.DataLoaderIterator | grain.DatasetIterator,
+) -> tuple[Any, int]:
+  """Restores the latest checkpoint into the structure/shardings of `abstract_state` and the iterator.
+
+  Args:
+    manager: from `make_manager`; must hold at least one step.
+    abstract_state: the `TrainState` as `jax.ShapeDtypeStruct`s with shardings (`abstract_train_state`).
+    data_iterator: the training iterator; its position is set to the checkpoint's.
+
+  Returns:
+    (state, step).
+
+  Raises:
+    CheckpointError: the checkpoint does not fit the current model/optimiser or cannot be read.
+  """
+  step = manager.latest_step()
+  try:
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)
+            ),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+        ),
+    )
+  except (ValueError, KeyError, TypeError, OSError) as error:
+    raise CheckpointError(
+        f'{manager.directory / str(step)}: cannot resume from this checkpoint (does the config match the '
+        f'run that wrote it?): {_one_line(error)}'
+    ) from error
+  return restored['state'], step
+
+
+def config_from_json(data: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A ConfigDict from its JSON form, lists turned back into the tuples the configs use."""
+
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+
+  return ml_collections.ConfigDict(tuples(data))
+
+
+def load_for_eval(path: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+  """Reads a trained model for evaluation: its config, variables and step.
+
+  Args:
+    path: a training workdir (the latest step of `<workdir>/checkpoints` is read), its `checkpoints`
+      directory, or one step directory `<workdir>/checkpoints/<step>`.
+
+  Returns:
+    (config, variables, step): the config the run was trained with; {'params', 'batch_stats'} as float
+    arrays replicated over `lstrl_jax.sharding.make_mesh()`; the training step of the checkpoint.
+
+  Raises:
+    CheckpointError: `path` does not exist, holds no checkpoint, or the checkpoint cannot be read.
+  """
+  step_dir = _step_directory(pathlib.Path(path))
+  handler = ocp.CompositeCheckpointHandler(
+      state=ocp.PyTreeCheckpointHandler(),
+      config=ocp.JsonCheckpointHandler(),
+      data=grain.checkpoint.CheckpointHandler(),
+  )
+  try:
+    with ocp.Checkpointer(handler) as checkpointer:
+      metadata = checkpointer.metadata(step_dir).item_metadata.get('state')
+      tree = getattr(metadata, 'tree', metadata)
+      if not tree or 'params' not in tree:
+        raise CheckpointError(f'{step_dir}: state/ holds no readable train state (missing metadata)')
+      replicated = sharding.replicated(sharding.make_mesh())
+      target = {
+          name: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), tree[name])
+          for name in ('params', 'batch_stats')
+      }
+      restored = checkpointer.restore(
+          step_dir,
+          args=ocp.args.Composite(
+              state=ocp.args.PyTreeRestore(
+                  item=target,
+                  restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                  partial_restore=True,
+              ),
+              config=ocp.args.JsonRestore(),
+          ),
+      )
+  except (ValueError, KeyError, TypeError, OSError) as error:
+    raise CheckpointError(f'{step_dir}: unreadable checkpoint: {_one_line(error)}') from error
+  return config_from_json(restored['config']), dict(restored['state']), int(step_dir.name)
+
+
+def _step_directory(path: pathlib.Path) -> pathlib.Path:
+  """The step directory `path` names: itself, or the latest finished step of a workdir/checkpoints dir."""
+  if not path.is_dir():
+    raise CheckpointError(f'{path}: no such checkpoint directory')
+  path = path.absolute()
+  if path.name.isdigit() and (path / 'state').is_dir():
+    return path
+  directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+  # Unfinished saves live in '<step>.orbax-checkpoint-tmp' folders, which the digit test leaves out.
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  if not steps:
+    raise CheckpointError(
+        f'{path}: no checkpoint found (expected a workdir with {CHECKPOINT_DIR}/<step>/ or a step directory)'
+    )
+  return directory / str(steps[-1])
+
+
+def _one_line(error: BaseException) -> str:
+  """The error's type and message on one line."""
+  message = ' '.join(str(error).split())
+  if len(message) > _MAX_MESSAGE:
+    message = message[:_MAX_MESSAGE] + '...'
+  return f'{type(error).__name__}: {message}'
