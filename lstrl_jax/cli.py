@@ -261,6 +261,9 @@ def run(main: Callable[[list[str]], int | None], *,
       sys.exit(EXIT_RESUMABLE)
     except handled as error:
       fail(error, EXIT_ERROR)
+    except BrokenPipeError:  # the reader of stdout left (`| head`): nothing more to say
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      sys.exit(EXIT_OK)
 
   try:
     app.run(wrapped, flags_parser=_parse_flags)
