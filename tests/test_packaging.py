@@ -1,8 +1,10 @@
 """The package (pyproject.toml): ranges that admit the pinned set, Python 3.11-3.12, extras, and a wheel that
 ships every command and the configs (DESIGN.md section 6)."""
 
+import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -54,10 +56,20 @@ def test_python_versions_and_extras():
 
 @pytest.fixture(scope='module')
 def wheel(tmp_path_factory):
-  """The wheel `pip wheel .` builds from this working tree (no dependencies, no network)."""
+  """The wheel `pip wheel .` builds from a copy of the tracked files (no dependencies, no network; the build
+  writes build/ and *.egg-info into the tree it builds, so not into the repository)."""
   out = tmp_path_factory.mktemp('wheel')
+  tracked = subprocess.run(['git', 'ls-files'], cwd=REPO, check=True, capture_output=True, text=True).stdout
+  tree = out / 'tree'
+  for name in tracked.splitlines():
+    source, target = REPO / name, tree / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_symlink():
+      target.symlink_to(os.readlink(source))
+    elif source.is_file():
+      shutil.copy2(source, target)
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(out),
-                  str(REPO)], check=True, capture_output=True, timeout=300)
+                  str(tree)], check=True, capture_output=True, timeout=300)
   return zipfile.ZipFile(next(out.glob('lstrl_jax-*.whl')))
 
 

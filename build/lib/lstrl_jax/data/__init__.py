@@ -1,1 +1,0 @@
-"""Video ReID datasets (readers producing one common index) and the grain input pipeline."""
