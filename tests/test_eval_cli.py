@@ -102,6 +102,8 @@ def runs(tmp_path_factory):
 def test_two_splits_table_features_and_pictures(runs):
   returncode, text, stderr = runs['full']
   assert returncode == 0, stderr[-3000:]
+  assert 'embed (' not in stderr and '\r' not in stderr + text  # no progress bar when stderr is no terminal
+  assert text.count('demo (split 0 step 7)') == 1  # each table printed once
   assert 'demo (split 0 step 7) | clip selection: rrs | distance: cosine | no re-ranking' in text
   assert 'demo (split 1 step 7)' in text and 'demo (mean over 2 splits 0,1)' in text
   rows = re.findall(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+4\s+4\s+0$', text,
