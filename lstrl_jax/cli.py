@@ -131,9 +131,16 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     return rest
   except UsageError as error:
     fail(error, EXIT_USAGE)
+  except (SyntaxError, ImportError, NameError) as error:  # a config file that does not run
+    where = f'{error.filename}:{error.lineno}: ' if isinstance(error, SyntaxError) else ''
+    fail(f'--config: {where}{type(error).__name__}: {error.msg if where else error}', EXIT_USAGE)
+  except AttributeError as error:
+    if "has no attribute 'get_config'" in str(error):  # a config file without get_config()
+      fail('--config: the config file defines no get_config()', EXIT_USAGE)
+    fail(f'unknown config key {one_line(error)}', EXIT_USAGE)
   except flags.Error as error:
     fail(_flag_error_line(error), EXIT_USAGE)
-  except (AttributeError, KeyError) as error:  # a mistyped config key
+  except KeyError as error:  # a mistyped config key
     fail(f'unknown config key {one_line(error)}', EXIT_USAGE)
   except (TypeError, ValueError, OSError) as error:  # a bad type
     fail(error, EXIT_USAGE)

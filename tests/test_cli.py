@@ -50,6 +50,12 @@ MISTAKES = {
                     'unexpected arguments: now'),
     'train_data': ('lstrl_jax.train', ['--config=demo', '--config.data_dir={tmp}/none', '--workdir={tmp}/w'], 1,
                    '{tmp}/none: directory not found'),
+    'train_config_syntax': ('lstrl_jax.train', ['--config={tmp}/syntax.py', '--workdir={tmp}/w'], 2,
+                            '--config: {tmp}/syntax.py:1: SyntaxError'),
+    'train_config_import': ('lstrl_jax.train', ['--config={tmp}/imports.py', '--workdir={tmp}/w'], 2,
+                            "--config: ModuleNotFoundError: No module named 'nosuchmodule'"),
+    'stats_config_no_get_config': ('lstrl_jax.data.stats', ['--config={tmp}/empty.py'], 2,
+                                   '--config: the config file defines no get_config()'),
     'eval_typo': ('lstrl_jax.eval', ['--ckpt={tmp}', '--config.data_dri=x'], 2,
                   'unknown config key \'data_dri\': did you mean "data_dir"'),
     'eval_nested_typo': ('lstrl_jax.eval', ['--ckpt={tmp}', '--config.model.dept=3'], 2, 'did you mean "depth"'),
@@ -79,6 +85,9 @@ def mistakes(tmp_path_factory):
   """Every case of MISTAKES run at once from a folder outside the repository: {name: (status, out, err)}."""
   tmp = tmp_path_factory.mktemp('cwd')
   data = demo_data.generate(tmp / 'demo', num_persons=4, frames=2, height=32, width=16)
+  (tmp / 'syntax.py').write_text('def get_config(:\n')
+  (tmp / 'imports.py').write_text('import nosuchmodule\n')
+  (tmp / 'empty.py').write_text('')
   fill = lambda text: text.format(tmp=tmp, data=data)
   runs = {name: start(tmp, module, *map(fill, args)) for name, (module, args, _, _) in MISTAKES.items()}
   out = {}
