@@ -97,12 +97,13 @@ def extract_features(
                   disable=not progress or jax.process_index() != 0 or not sys.stderr.isatty())
   for done, batch in enumerate(loader):
     sharded = sharding.shard_batch(batch, mesh)
-    if done:  # the bar counts finished batches: wait for the previous one (this one decoded meanwhile)
+    if done and not bar.disable:  # the bar counts finished batches: wait for the previous one (decoded meanwhile)
       counts.block_until_ready()
       bar.update()
     sums, counts = step(model, variables, sums, counts, sharded)
-  counts.block_until_ready()
-  bar.update()
+  if not bar.disable:
+    counts.block_until_ready()
+    bar.update(bar.total - bar.n)
   bar.close()
   sums = np.asarray(jax.device_get(sums.addressable_data(0)))[indices]
   counts = np.asarray(jax.device_get(counts.addressable_data(0)))[indices]
