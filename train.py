@@ -1,37 +1,10 @@
 """Trains and evaluates LSTRL: `python train.py --config configs/mars.py --workdir runs/mars`.
 
-Flags: `--config` a config file (configs/*.py, optionally `:smoke`), with `--config.<key>=<value>`
-overrides (the config is locked: a mistyped key is an error); `--workdir` the run directory, where a
-rerun resumes from the latest checkpoint. Everything else happens in
-`lstrl_jax.train.trainer.train_and_evaluate`. A bad dataset, config value or checkpoint, or a diverged loss,
-prints one line on stderr and exits with status 1. Library logging shows warnings and errors only
-(`--verbosity=0` for INFO).
+A thin wrapper kept for the README's commands: the command is `python -m lstrl_jax.train` (lstrl_jax/train/
+__main__.py, which documents the flags), and works the same from any directory once the package is installed.
 """
 
-from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
-
-from lstrl_jax import cli
-from lstrl_jax.train import checkpoint
-from lstrl_jax.train import guards
-from lstrl_jax.train import trainer
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.mark_flags_as_required(['config', 'workdir'])
-ERRORS = (ValueError, checkpoint.CheckpointError, guards.TrainingDivergedError)
-
-
-def main(argv):
-  del argv  # cli.run refuses positional arguments
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and grain log every checkpoint save at INFO
-  summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if summary['completed'] and jax.process_index() == 0:  # process 0 alone writes results.json
-    print(f'results written to {_WORKDIR.value}/results.json')
-
+from lstrl_jax.train.__main__ import run
 
 if __name__ == '__main__':
-  cli.run(main, errors=ERRORS)
+  run()

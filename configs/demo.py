@@ -4,7 +4,8 @@
   python train.py --config configs/demo.py --workdir runs/demo
   python train.py --config configs/demo.py:smoke --workdir runs/demo_smoke   # even smaller
 
-The demo data use the iLIDS-VID layout (two cameras, a 10-split file), so `dataset='ilidsvid'` reads them.
+The demo data use the iLIDS-VID layout (two cameras, a 10-split file); `dataset='demo'` reads them with the
+iLIDS-VID reader and names them `demo` in logs, tables and results.json.
 Full LSTRL on a ResNet-18 backbone at 128x64, T=4, P=4 x K=2, 10 epochs, evaluated every 5. Paper: the demo
 data are synthetic, so there are no paper numbers; they only show that training lowers the loss and lifts
 R-1 above chance.
@@ -12,13 +13,13 @@ R-1 above chance.
 
 import ml_collections
 
-from configs import default
+from lstrl_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo config; `arg='smoke'` gives the CPU smoke variant (`configs.default.smoke`)."""
   config = default.get_config()
-  config.dataset = 'ilidsvid'
+  config.dataset = 'demo'
   config.data_dir = 'data/demo'
   config.seq_len = 4
   config.height = 128

@@ -9,7 +9,7 @@ given query/gallery split. Paper: not reported in the paper (no reference number
 
 import ml_collections
 
-from configs import default
+from lstrl_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

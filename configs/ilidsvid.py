@@ -12,7 +12,7 @@ mean over the 10 splits (train one workdir per `--config.split=0..9`): R-1 92.2 
 
 import ml_collections
 
-from configs import default
+from lstrl_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

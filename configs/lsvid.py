@@ -9,7 +9,7 @@ Data: the LS-VID download (`list_sequence/`, `tracklet_*/`, `test/data/info_test
 
 import ml_collections
 
-from configs import default
+from lstrl_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

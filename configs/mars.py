@@ -10,7 +10,7 @@ Paper (dense test clips, `paper` scoring convention): mAP 86.8 %, R-1 91.6 %; th
 
 import ml_collections
 
-from configs import default
+from lstrl_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ histogram matcher scores R-1 29.7 % on split 0 (chance 2.7 %). Measured figures:
 
 import ml_collections
 
-from configs import default
+from lstrl_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -13,7 +13,7 @@ Paper: not reported in the paper (no reference numbers to compare against).
 
 import ml_collections
 
-from configs import default
+from lstrl_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,21 +11,22 @@ by T. At 256x128 the paper reports 4.05 / 4.39 / 4.93 GMACs of convolutions for 
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from lstrl_jax import cli
 from lstrl_jax.models import macs
 from lstrl_jax.models.lstrl import model_from_config
 
 def define_flags() -> None:
   """Defines the command's flags (only when run as a program, so importing this module defines none)."""
-  config_flags.DEFINE_config_file('config', None, 'Python config file, e.g. configs/default.py.')
-  flags.DEFINE_integer('num_classes', 625, 'Classifier outputs (training identities; MARS: 625).')
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py) or shipped config name (mars, demo).')
+  flags.DEFINE_integer('num_classes', 625, 'Classifier outputs (training identities; MARS: 625).', lower_bound=1)
+  flags.mark_flag_as_required('config')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,19 +104,12 @@ def format_summary(summary: ModelSummary, model_config: ml_collections.ConfigDic
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  """Prints the summary of --config's model; a bad config value is a ValueError (one line, exit 1, `cli.run`)."""
+  del argv  # cli.run refuses positional arguments
   config = flags.FLAGS.config
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config configs/default.py')
-  try:
-    summary = summarize(config, flags.FLAGS.num_classes)
-  except ValueError as error:
-    print(f'summary: error: {error}', file=sys.stderr)
-    sys.exit(1)
+  summary = summarize(config, flags.FLAGS.num_classes)
   print(format_summary(summary, config.model, flags.FLAGS.num_classes))
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, errors=(ValueError,), define=define_flags, doc=__doc__, help_config=cli.config_for_help)

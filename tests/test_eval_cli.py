@@ -17,6 +17,7 @@ import pytest
 from configs.default import get_config
 from lstrl_jax.data import demo
 from lstrl_jax.data.datasets import load_dataset
+from lstrl_jax.data.index import Tracklet, VideoReIDDataset
 from lstrl_jax.evaluation import evaluator, metrics, visualize
 from lstrl_jax.models.lstrl import model_from_config
 from lstrl_jax.train import checkpoint
@@ -103,6 +104,7 @@ def runs(tmp_path_factory):
                          f'--save_features={root / "feats.npz"}', '--pictures', '--config.eval_batch_size=2'),
       'missing': start_eval(f'--ckpt={root / "nowhere"}'),
       'other': start_eval(f'--ckpt={other}'),
+      'rerank': start_eval(f'--ckpt={split0}', '--rerank'),
   }
   results = {}
   for name, process in processes.items():
@@ -114,6 +116,8 @@ def runs(tmp_path_factory):
 def test_two_splits_table_features_and_pictures(runs):
   returncode, text, stderr = runs['full']
   assert returncode == 0, stderr[-3000:]
+  assert 'embed (' not in stderr and '\r' not in stderr + text  # no progress bar when stderr is no terminal
+  assert text.count('demo (split 0 step 7)') == 1  # each table printed once
   assert 'demo (split 0 step 7) | clip selection: rrs | distance: cosine | no re-ranking' in text
   assert 'demo (split 1 step 7)' in text and 'demo (mean over 2 splits 0,1)' in text
   rows = re.findall(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+4\s+4\s+0$', text,
@@ -142,8 +146,9 @@ def test_two_splits_table_features_and_pictures(runs):
       with Image.open(workdir / 'pictures' / name) as image:
         assert np.asarray(image.convert('RGB')).std() > 0
     with Image.open(workdir / 'pictures' / 'ranking_cross_camera_rrs.png') as image:
-      cell = 128 + 2 * visualize.BORDER + visualize.GAP
-      assert image.size[1] == visualize.GAP + 4 * cell  # one row per query (4 test persons)
+      row = 128 + 2 * visualize.BORDER + visualize.CAPTION_LINES * visualize.LINE + visualize.GAP
+      grid = visualize.GAP + 4 * row  # one row per query (4 test persons: best, median and worst by AP)
+      assert grid + 4 * visualize.LINE <= image.size[1] <= grid + 8 * visualize.LINE  # title, rows, legend
 
 
 def test_missing_checkpoint(runs):
@@ -152,6 +157,49 @@ def test_missing_checkpoint(runs):
 
 def test_checkpoint_of_another_dataset(runs):
   assert_one_line_error(runs['other'], 'classifies 625 identities .* 4 training identities')
+
+
+def test_rerank_on_a_small_gallery_is_refused_in_one_line(runs):
+  assert_one_line_error(runs['rerank'], r"^error: demo \(split 0\): re-ranking with k1=20 needs a gallery of at "
+                        r"least 40 tracklets, the 'cross_camera' gallery has 4 .*pass --rerank_k1=2 or less")
+
+
+def _ranked_toy(num):
+  """pid i: a query (cam 0) and a gallery tracklet (cam 1); query i's match ranks i + 1, so AP = 1 / (i + 1)."""
+  test = tuple(Tracklet((f'p{i}c{c}.png',), pid=i, camid=c) for c in (0, 1) for i in range(num))
+  dataset = VideoReIDDataset('toy', train=(), test=test, query=np.arange(num),
+                             galleries={'cross_camera': np.arange(num, 2 * num)})
+  query = np.asarray([[2.0] * i + [1.0] + [0.0] * (num - i - 1) for i in range(num)], np.float32)
+  return dataset, np.concatenate([query, np.eye(num, dtype=np.float32)])
+
+
+def test_check_rerank_rule_and_small_k1_reranks():
+  dataset, features = _ranked_toy(6)
+  with pytest.raises(evaluator.EvaluationError, match='at least 8 tracklets.*has 6 .*--rerank_k1=3 or less'):
+    evaluator.score_features(features, dataset, distance='cosine', clip_selection='rrs', rerank=True,
+                             rerank_k=(4, 2))
+  with pytest.raises(evaluator.EvaluationError, match='k2=4 exceeds k1=3'):
+    evaluator.check_rerank(dataset, 3, 4)
+  results = evaluator.score_features(features, dataset, distance='cosine', clip_selection='rrs', rerank=True,
+                                     rerank_k=(3, 1))
+  assert results['rerank_k'] == (3, 1)
+  assert 'k-reciprocal re-ranking (k1=3, k2=1)' in evaluator.format_results(results)
+
+
+def test_picture_queries_best_median_worst_or_picked():
+  dataset, features = _ranked_toy(6)
+  plain = evaluator.score_features(features, dataset, distance='cosine', clip_selection='rrs')
+  assert plain['conventions']['cross_camera']['mAP'] == pytest.approx(np.mean(1 / np.arange(1, 7)))
+  chosen, notes = evaluator.picture_queries(dataset, features, 'cross_camera', 'cosine')
+  assert chosen == [0, 1, 2, 3, 4, 5]
+  assert notes == ['best AP of the 6 queries'] * 2 + ['median AP of the 6 queries'] * 2 + \
+      ['worst AP of the 6 queries'] * 2
+  chosen, _ = evaluator.picture_queries(dataset, features, 'cross_camera', 'cosine', positions=[5, 1], pids=[3, 1])
+  assert chosen == [5, 1, 3]
+  with pytest.raises(evaluator.EvaluationError, match='--picture_queries: 6 is outside .*positions 0..5'):
+    evaluator.picture_queries(dataset, features, 'cross_camera', 'cosine', positions=[6])
+  with pytest.raises(evaluator.EvaluationError, match='--picture_pids: pid 99 has no query tracklet'):
+    evaluator.picture_queries(dataset, features, 'cross_camera', 'cosine', pids=[99])
 
 
 def test_empty_query_set(runs, monkeypatch):

@@ -73,4 +73,4 @@ def test_command_line_bad_config_fails_with_one_line():
   result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
-      "summary: error: model.bme_mode: expected one of ('global_to_local', 'local_to_local'), got 'sideways'"]
+      "error: model.bme_mode: expected one of ('global_to_local', 'local_to_local'), got 'sideways'"]

@@ -5,6 +5,7 @@ compilation, so they start in parallel.
 """
 
 import importlib
+import json
 import pathlib
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from configs import default
 from lstrl_jax.data import datasets
 from lstrl_jax.data import demo as demo_data
+from lstrl_jax.train import __main__ as train_command
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -78,9 +80,37 @@ def test_configs_start_from_default(name):
   for variant in (None, 'smoke'):
     config = module.get_config(variant)
     assert sorted(config.to_dict()) == reference  # no key added or dropped
-    assert config.dataset in datasets.NAMES
+    assert config.dataset in datasets.NAMES and config.dataset == name  # the demo is named demo
     assert config.data_dir == ('data/demo' if name == 'demo' else f'data/{name}')
   full, smoke = module.get_config(), module.get_config('smoke')
   assert (smoke.model.depth, smoke.seq_len, smoke.eval_every_epochs) == (18, 4, 1)
   assert smoke.height * smoke.width < full.height * full.width and smoke.num_epochs < full.num_epochs
   assert 'python train.py --config configs/' in module.__doc__ and ':smoke' in module.__doc__
+
+
+def test_config_paths_made_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = default.get_config()
+  config.data_dir, config.model.pretrained = 'data/demo', '~/resnet50.pth'
+  config.lock()
+  train_command.absolute_paths(config)
+  assert config.data_dir == str(tmp_path / 'data' / 'demo')
+  assert config.model.pretrained == str(pathlib.Path.home() / 'resnet50.pth')
+  assert config.packed_dir == ''  # unset stays unset
+
+
+def test_finished_run_is_named_not_redone(tmp_path):
+  config = default.get_config()
+  config.num_epochs = 10
+  (tmp_path / 'checkpoints' / '40').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '30').mkdir()
+  assert train_command.finished_run(tmp_path, config) is None  # no results.json: train (or evaluate) again
+  (tmp_path / 'results.json').write_text(json.dumps({'step': 40, 'epoch': 10.0, 'completed': True}))
+  line = train_command.finished_run(tmp_path, config)
+  assert line == (f'{tmp_path}: finished (10 epochs, step 40); results in {tmp_path / "results.json"}; evaluate '
+                  f'again with: python eval.py --ckpt {tmp_path}')
+  config.num_epochs = 20  # more epochs asked for: resume
+  assert train_command.finished_run(tmp_path, config) is None
+  config.num_epochs = 10
+  (tmp_path / 'checkpoints' / '44').mkdir()  # a later checkpoint than the results: not finished as recorded
+  assert train_command.finished_run(tmp_path, config) is None

@@ -79,14 +79,45 @@ def test_write_ranking_sheet_frames_matches_green(tmp_path):
   config = get_config()
   config.seq_len, config.height, config.width = 2, 16, 8
   path = vis.write_ranking_sheet(dataset, features, tmp_path / 'ranks.png', convention='paper',
-                                 distance='cosine', query_positions=[0, 1], config=config, top_k=3)
+                                 distance='cosine', query_positions=[0, 1], config=config, top_k=3,
+                                 title='toy split 0', row_notes=['best', 'worst'])
   pixels = _open(path)
+  cell = (16 + 2 * vis.BORDER, 8 + 2 * vis.BORDER)
+  grid_h = vis.GAP + 2 * (cell[0] + vis.CAPTION_LINES * vis.LINE + vis.GAP)
+  top = pixels.shape[0] - grid_h - 3 * vis.LINE  # text above (title, rows explained); the legend's 3 lines below
+  assert top >= vis.GAP + 2 * vis.LINE
+  origin = lambda row, col: vis.cell_origin(row, col, cell, vis.ROW_LABEL_WIDTH, vis.CAPTION_LINES * vis.LINE)
   # Query 0 = (pid 0, cam 0): ranked [itself: junk, pid 0 cam 1: match, pid 1 cam 0: non-match].
   for k, colour in enumerate((GREY, GREEN, RED)):
-    y, x = _cell_corner(0, 2 + 1 + k, 16, 8)
-    assert tuple(pixels[y, x]) == colour
-  y, x = _cell_corner(1, 0, 16, 8)  # query 1 = test[2] = (pid 1, cam 0)
-  assert tuple(pixels[y + vis.BORDER, x + vis.BORDER]) == (60, 0, 100)
+    x, y = origin(0, 2 + 1 + k)
+    assert tuple(pixels[top + y, x]) == colour
+  x, y = origin(1, 0)  # query 1 = test[2] = (pid 1, cam 0)
+  assert tuple(pixels[top + y + vis.BORDER, x + vis.BORDER]) == (60, 0, 100)
+  dark = lambda region: int((region.min(axis=-1) < 100).sum())  # text pixels
+  assert dark(pixels[:top]) > 50  # the title
+  assert dark(pixels[top:top + 4 * vis.LINE, :vis.ROW_LABEL_WIDTH]) > 100  # the row label
+  x, y = origin(0, 3)
+  assert dark(pixels[top + y + cell[0]:top + y + cell[0] + 3 * vis.LINE, x:x + cell[1] + vis.GAP]) > 10  # caption
+  legend = pixels[-3 * vis.LINE:]
+  for colour in (GREEN, RED, GREY):  # the legend's swatches
+    assert (legend == colour).all(axis=-1).sum() > 20
+
+
+def test_ranking_row_labels_name_ap_and_first_match(tmp_path, monkeypatch):
+  """The text of the labels: query 1 (pid 1, cam 0) under 'paper' with identical features per pid ranks junk
+  (itself), then its match at rank 2 among ties broken by gallery order: AP 1, first true match rank 2."""
+  dataset = _solid_dataset(tmp_path)
+  features = np.eye(4, dtype=np.float32)[[t.pid for t in dataset.test]]
+  config = get_config()
+  config.seq_len, config.height, config.width = 2, 16, 8
+  seen = {}
+  real = vis.ranking_sheet
+  monkeypatch.setattr(vis, 'ranking_sheet', lambda *a, **k: seen.update(k) or real(*a, **k))
+  vis.write_ranking_sheet(dataset, features, tmp_path / 'r.png', convention='paper', distance='cosine',
+                          query_positions=[1], config=config, top_k=3, row_notes=['picked'])
+  assert seen['row_labels'] == [['picked', 'query 1: pid 1, cam 0', 'AP 100.0%', 'first true match: rank 2']]
+  assert seen['captions'][0] == [['#1 pid 1', 'cam 0', 'd 0.000'], ['#2 pid 1', 'cam 1', 'd 0.000'],
+                                 ['#3 pid 0', 'cam 0', 'd 1.000']]
 
 
 class _Maps(nn.Module):
@@ -143,11 +174,19 @@ def test_write_figure5_png(tmp_path):
   assert [p.name for p in paths] == ['fig5_t3_stage2.png']
   pixels = _open(paths[0])
   rows = 1 + 4 + 2  # frames, D^1..D^4, M^f, M^b
-  assert pixels.shape == (vis.GAP + rows * (32 + vis.GAP), vis.LABEL_WIDTH + vis.GAP + 4 * (16 + vis.GAP), 3)
+  grid_h = vis.GAP + rows * (32 + vis.GAP)
+  title_h = vis.GAP + vis.LINE * 5  # the title, the query position and the map explanation, wrapped
+  assert pixels.shape[1] == vis.TEXT_WIDTH  # a 4-frame grid is narrower than the text
+  assert pixels.shape[0] >= title_h + grid_h + 2 * vis.LINE
   assert pixels.std() > 0
+  top = next(y for y in range(pixels.shape[0]) if (pixels[y, vis.LABEL_WIDTH + vis.GAP + 8] != 255).any()
+             and y > vis.LINE * 3 and (pixels[y, vis.LABEL_WIDTH + vis.GAP:vis.LABEL_WIDTH + vis.GAP + 16] ==
+                                       (60, 200, 100)).all())  # first row of the frames (solid colour)
   # Frame 0 of tracklet 3 = (pid 1, cam 1); the query box is on frame T // 2 = 2.
-  assert tuple(pixels[vis.GAP + 28, vis.LABEL_WIDTH + vis.GAP + 8]) == (60, 200, 100)
+  assert tuple(pixels[top + 28 - vis.GAP, vis.LABEL_WIDTH + vis.GAP + 8]) == (60, 200, 100)
   # M^f grows with t: the last frame's overlay is red-ish, the first blue-ish.
-  y = vis.GAP + 5 * (32 + vis.GAP) + 16
+  y = top + 5 * (32 + vis.GAP) + 16
   first, last = pixels[y, vis.LABEL_WIDTH + vis.GAP + 8], pixels[y, vis.LABEL_WIDTH + vis.GAP + 3 * 22 + 8]
   assert last[0] > first[0] and first[2] > last[2]
+  bar = pixels[-2 * vis.LINE + 2]  # the colour bar runs from jet's blue to its red
+  assert bar[vis.GAP + 2][2] > bar[vis.GAP + 2][0] and bar[vis.TEXT_WIDTH // 2 + 100][0] > 100

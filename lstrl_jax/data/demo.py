@@ -29,15 +29,15 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 from typing import Sequence
 
 import numpy as np
 import scipy.io
-from absl import app, flags
+from absl import flags
 from PIL import Image, ImageDraw
 
+from lstrl_jax import cli
 from lstrl_jax.data.index import DatasetError
 
 NUM_SPLITS = 10
@@ -239,22 +239,16 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> int:
   """Entry point: writes the dataset (or finds it already there) and prints its path; DatasetError -> one line
-  on stderr, exit 1."""
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  on stderr, exit 1 (`cli.run`)."""
+  del argv  # cli.run refuses positional arguments
   args = flags.FLAGS
   existed = pathlib.Path(args.out).exists()
-  try:
-    out = generate(args.out, num_persons=args.num_persons, frames=args.frames, seed=args.seed,
-                   height=args.height, width=args.width, exist_ok=True)
-  except DatasetError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  out = generate(args.out, num_persons=args.num_persons, frames=args.frames, seed=args.seed,
+                 height=args.height, width=args.width, exist_ok=True)
   done = 'found (same flags, left as it is)' if existed else 'wrote'
   print(f'{done} {args.num_persons} persons x 2 cameras x {args.frames} frames in {out}')
   return 0
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, errors=(DatasetError,), define=define_flags, doc=__doc__)

@@ -10,40 +10,32 @@ evaluation then read the packed frames when run with the same `--config.packed_d
 
 from __future__ import annotations
 
-import sys
-
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from lstrl_jax import cli
 from lstrl_jax.data.index import DatasetError
 from lstrl_jax.data.tfds import builders
 
 def define_flags() -> None:
   """Defines the command's flags (only when run as a program, so importing this module defines none)."""
   config_flags.DEFINE_config_file(
-      'config', 'configs/default.py', 'Config file (dataset, data_dir, split, packed_dir).')
+      'config', str(cli.CONFIG_DIR / 'default.py'), 'Config file or shipped config name (dataset, data_dir, split, '
+      'packed_dir; default: the shipped default).')
   flags.DEFINE_bool('all_splits', False, 'Pack all 10 splits (iLIDS-VID, PRID-2011, demo).')
 
 
 def main(argv: list[str]) -> None:
-  """Packs the configured dataset; prints one line per packed split, or one error line and exits 1."""
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  """Packs the configured dataset; prints one line per packed split (errors: one line, `cli.run`)."""
+  del argv  # cli.run refuses positional arguments
   config = flags.FLAGS.config
   if not config.packed_dir:
-    print('error: config.packed_dir is empty; expected --config.packed_dir=<output directory>', file=sys.stderr)
-    sys.exit(1)
+    raise cli.UsageError('config.packed_dir is empty; expected --config.packed_dir=<output directory>')
   has_splits = config.dataset in builders.BUILDERS and builders.BUILDERS[config.dataset].BUILDER_CONFIGS
   splits = range(builders.NUM_SPLITS) if flags.FLAGS.all_splits and has_splits else [config.split]
-  try:
-    for split in splits:
-      print(builders.pack(config.dataset, config.data_dir, config.packed_dir, split))
-  except DatasetError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  for split in splits:
+    print(builders.pack(config.dataset, config.data_dir, config.packed_dir, split))
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, errors=(DatasetError,), define=define_flags, doc=__doc__, help_config=cli.config_for_help)

@@ -19,16 +19,18 @@ from typing import Sequence
 
 import ml_collections
 import numpy as np
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from lstrl_jax import cli
 from lstrl_jax.data.datasets import load_dataset, reader_options
 from lstrl_jax.data.index import DatasetError, Tracklet, VideoReIDDataset
 
 def define_flags() -> None:
   """Defines the command's flags (only when run as a program, so importing this module defines none)."""
-  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py) or shipped config name (mars, demo).',
+                                  lock_config=True)
+  flags.mark_flag_as_required('config')
 
 
 def subset_row(tracklets: Sequence[Tracklet], relabelled: bool = False) -> dict[str, int]:
@@ -110,13 +112,9 @@ def run(config: ml_collections.ConfigDict) -> int:
 
 def main(argv: Sequence[str]) -> int:
   """Entry point (absl): `run` on the --config file with its --config.* overrides."""
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if flags.FLAGS.config is None:
-    raise app.UsageError('--config is required, e.g. --config configs/default.py')
+  del argv  # cli.run refuses positional arguments
   return run(flags.FLAGS.config)
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define=define_flags, doc=__doc__, help_config=cli.config_for_help)

@@ -47,19 +47,43 @@ def tracklet_labels(dataset: VideoReIDDataset) -> tuple[np.ndarray, np.ndarray]:
   return pids, camids
 
 
-def _rank_one(features, query, gallery, pids, camids, convention, distance, rerank):
+def check_rerank(dataset: VideoReIDDataset, k1: int, k2: int) -> None:
+  """Refuses k-reciprocal re-ranking where a gallery is too small for its neighbourhoods to mean anything.
+
+  Rule (this project's, not the paper's): every gallery must hold at least 2 x k1 tracklets and k2 <= k1. With
+  fewer, the k1-reciprocal set of a query covers half the gallery or more, its Jaccard distance stops
+  separating tracklets, and re-ranking lowers the scores instead of raising them (the demo's 20-tracklet
+  gallery at the paper's k1=20: mAP 76 -> 58, R-1 60 -> 30). The message names the largest k1 that passes.
+
+  Raises:
+    EvaluationError: one line naming the dataset, the convention, the gallery size and what would pass.
+  """
+  if k2 > k1:
+    raise EvaluationError(f're-ranking: k2={k2} exceeds k1={k1}; expected k2 <= k1')
+  for name, gallery in dataset.galleries.items():
+    if len(gallery) < 2 * k1:
+      fits = f'pass --rerank_k1={len(gallery) // 2} or less' if len(gallery) >= 2 else 'it cannot be re-ranked'
+      raise EvaluationError(
+          f'{dataset.name} (split {dataset.split}): re-ranking with k1={k1} needs a gallery of at least {2 * k1} '
+          f'tracklets, the {name!r} gallery has {len(gallery)} (the k1-reciprocal neighbourhoods would cover '
+          f'most of it); {fits}, or leave out --rerank')
+
+
+def _rank_one(features, query, gallery, pids, camids, convention, distance, rerank, rerank_k):
   """Scores one convention: features `[N_test, D]`, query / gallery indices into the test set."""
   qf, gf = features[query], features[gallery]
   labels = (pids[query], camids[query], pids[gallery], camids[gallery])
   if not rerank:
     return metrics.evaluate_features(qf, gf, *labels, convention=convention, distance=distance)
   dist = lambda a, b: metrics.distance_matrix(a, b, distance=distance)
-  reranked = rerank_lib.k_reciprocal_rerank(dist(qf, gf), dist(qf, qf), dist(gf, gf))
+  k1, k2 = rerank_k
+  reranked = rerank_lib.k_reciprocal_rerank(dist(qf, gf), dist(qf, qf), dist(gf, gf), k1=k1, k2=k2)
   return metrics.evaluate_distances(reranked, *labels, convention=convention)
 
 
 def score_features(features: np.ndarray, dataset: VideoReIDDataset, *, distance: str, clip_selection: str,
-                   rerank: bool = False, conventions: Sequence[str] | None = None) -> dict[str, Any]:
+                   rerank: bool = False, conventions: Sequence[str] | None = None,
+                   rerank_k: tuple[int, int] = (20, 6)) -> dict[str, Any]:
   """Ranking metrics of test-set features under each convention of `dataset.galleries`.
 
   Args:
@@ -67,16 +91,20 @@ def score_features(features: np.ndarray, dataset: VideoReIDDataset, *, distance:
     dataset: the dataset index (query and galleries).
     distance: 'cosine' or 'euclidean'.
     clip_selection: how the features were made ('rrs' / 'dense'), recorded in the results.
-    rerank: apply k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before scoring.
+    rerank: apply k-reciprocal re-ranking (lambda=0.3) before scoring.
     conventions: subset of `dataset.galleries` to score (default: all, in the dataset's order).
+    rerank_k: (k1, k2) of re-ranking (paper: 20, 6); checked by `check_rerank`.
 
   Returns:
     {'dataset', 'split', 'clip_selection', 'distance', 'rerank', 'conventions': {name: the dict of
     `metrics.summarize` (mAP, R-1/5/10/20 as fractions, num_query, num_gallery, num_scored, no_match)}}.
 
   Raises:
-    EvaluationError: empty query set or gallery, features not `[N_test, D]`, or an unknown convention.
+    EvaluationError: empty query set or gallery, features not `[N_test, D]`, an unknown convention, or a
+      gallery too small to re-rank (`check_rerank`).
   """
+  if rerank:
+    check_rerank(dataset, *rerank_k)
   if features.ndim != 2 or features.shape[0] != len(dataset.test):
     raise EvaluationError(f'features of shape {features.shape} do not cover the {len(dataset.test)} test '
                           f'tracklets of {dataset.name}')
@@ -94,11 +122,14 @@ def score_features(features: np.ndarray, dataset: VideoReIDDataset, *, distance:
       raise EvaluationError(f'{dataset.name}: the {name!r} gallery is empty')
     try:
       per_convention[name] = _rank_one(features, np.asarray(dataset.query), gallery, pids, camids, name,
-                                       distance, rerank)
+                                       distance, rerank, rerank_k)
     except ValueError as error:
       raise EvaluationError(f'{dataset.name}, convention {name!r}: {error}') from error
-  return {'dataset': dataset.name, 'split': dataset.split, 'clip_selection': clip_selection,
-          'distance': distance, 'rerank': bool(rerank), 'conventions': per_convention}
+  results = {'dataset': dataset.name, 'split': dataset.split, 'clip_selection': clip_selection,
+             'distance': distance, 'rerank': bool(rerank), 'conventions': per_convention}
+  if rerank:
+    results['rerank_k'] = tuple(rerank_k)
+  return results
 
 
 def evaluate(model: nn.Module, variables: Any, dataset: VideoReIDDataset, config: ml_collections.ConfigDict,
@@ -147,8 +178,9 @@ def mean_over_splits(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
       name: {key: float(np.mean([r['conventions'][name][key] for r in results])) for key in scores}
       for name, scores in first['conventions'].items()
   }
-  keys = ('dataset', 'clip_selection', 'distance', 'rerank')
-  return dict({k: first[k] for k in keys}, split=tuple(r['split'] for r in results), conventions=conventions)
+  keys = ('dataset', 'clip_selection', 'distance', 'rerank', 'rerank_k')
+  return dict({k: first[k] for k in keys if k in first}, split=tuple(r['split'] for r in results),
+              conventions=conventions)
 
 
 def _title(results: dict[str, Any]) -> str:
@@ -159,7 +191,8 @@ def _title(results: dict[str, Any]) -> str:
     where = f'split {split}'
   else:
     where = 'test set'
-  rerank = 'k-reciprocal re-ranking' if results['rerank'] else 'no re-ranking'
+  k1, k2 = results.get('rerank_k', (20, 6))
+  rerank = f'k-reciprocal re-ranking (k1={k1}, k2={k2})' if results['rerank'] else 'no re-ranking'
   step = f' step {results["step"]}' if 'step' in results else ''
   return (f'{results["dataset"]} ({where}{step}) | clip selection: {results["clip_selection"]} | distance: '
           f'{results["distance"]} | {rerank}')
@@ -258,35 +291,93 @@ def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
   return path.parent if path.name == CHECKPOINT_DIR else path.parent.parent
 
 
+def picture_queries(dataset: VideoReIDDataset, features: np.ndarray, convention: str, distance: str, *,
+                    positions: Sequence[int] = (), pids: Sequence[int] = ()) -> tuple[list[int], list[str]]:
+  """The queries a ranked-results sheet shows, as positions in `dataset.query`, and a note per row.
+
+  By default the best, median and worst queries by AP under `convention` (NUM_PICTURE_QUERIES rows, two of
+  each, ties broken by query order); `positions` (0-based positions in the query set) or `pids` (every query
+  tracklet of each pid) pick them instead.
+
+  Raises:
+    EvaluationError: a position outside the query set or a pid with no query tracklet.
+  """
+  query = np.asarray(dataset.query)
+  if positions or pids:
+    chosen = []
+    for position in positions:
+      if not 0 <= position < len(query):
+        raise EvaluationError(f'--picture_queries: {position} is outside the query set of {dataset.name} '
+                              f'(positions 0..{len(query) - 1})')
+      chosen.append(int(position))
+    query_pids = np.asarray([dataset.test[i].pid for i in query])
+    for pid in pids:
+      found = np.flatnonzero(query_pids == pid)
+      if not len(found):
+        raise EvaluationError(f'--picture_pids: pid {pid} has no query tracklet in {dataset.name} '
+                              f'(split {dataset.split})')
+      chosen += [int(i) for i in found]
+    chosen = list(dict.fromkeys(chosen))
+    return chosen, ['picked by --picture_queries / --picture_pids'] * len(chosen)
+  pids_all, camids = tracklet_labels(dataset)
+  gallery = np.asarray(dataset.galleries[convention])
+  scores = metrics.scores_from_features(features[query], features[gallery], pids_all[query], camids[query],
+                                        pids_all[gallery], camids[gallery], convention=convention,
+                                        distance=distance)
+  order = np.argsort(-np.asarray(scores['ap']), kind='stable')  # best first
+  per_group = NUM_PICTURE_QUERIES // 3
+  middle = max(0, len(order) // 2 - per_group // 2)
+  groups = (('best', order[:per_group]), ('median', order[middle:middle + per_group]),
+            ('worst', order[::-1][:per_group][::-1]))
+  chosen, notes = [], []
+  for name, members in groups:
+    for position in members:
+      if int(position) not in chosen:
+        chosen.append(int(position))
+        notes.append(f'{name} AP of the {len(order)} queries')
+  return chosen, notes
+
+
 def write_pictures(model: nn.Module, variables: Any, dataset: VideoReIDDataset, config: ml_collections.ConfigDict,
-                   features: np.ndarray, directory: pathlib.Path, clip_selection: str) -> list[pathlib.Path]:
-  """Ranked-results sheets (one per convention) and Fig. 5 for the first chosen queries, into `directory`."""
-  positions = np.unique(np.linspace(0, len(dataset.query) - 1, NUM_PICTURE_QUERIES).astype(int))
-  paths = [
-      visualize.write_ranking_sheet(dataset, features, directory / f'ranking_{name}_{clip_selection}.png',
-                                    convention=name, distance=config.distance, query_positions=positions,
-                                    config=config)
-      for name in dataset.galleries
-  ]
+                   features: np.ndarray, directory: pathlib.Path, results: Mapping[str, Any], *,
+                   positions: Sequence[int] = (), pids: Sequence[int] = ()) -> list[pathlib.Path]:
+  """Ranked-results sheets (one per convention) and Fig. 5 for the first and last query shown, into `directory`.
+
+  `results` (of `score_features`, with 'step') name the clip selection and checkpoint step in the titles;
+  `positions` / `pids` pick the queries (`picture_queries`).
+  """
+  clip_selection = results['clip_selection']
+  paths, shown = [], []
+  for name in dataset.galleries:
+    chosen, notes = picture_queries(dataset, features, name, config.distance, positions=positions, pids=pids)
+    title = (f'{dataset.name} split {dataset.split} | convention {name} | clip selection {clip_selection} | '
+             f'checkpoint step {results.get("step", "?")} | distance {config.distance}, no re-ranking')
+    paths.append(visualize.write_ranking_sheet(
+        dataset, features, directory / f'ranking_{name}_{clip_selection}.png', convention=name,
+        distance=config.distance, query_positions=chosen, config=config, title=title, row_notes=notes))
+    shown = shown or chosen
   if config.model.mae_stages or config.model.bme_stages:
-    for position in positions[:NUM_FIGURE5_CLIPS]:
-      paths += visualize.write_figure5(model, variables, dataset, config, int(dataset.query[position]), directory)
+    for position in list(dict.fromkeys(shown[:1] + shown[-1:]))[:NUM_FIGURE5_CLIPS]:  # first and last row
+      paths += visualize.write_figure5(model, variables, dataset, config, int(dataset.query[position]), directory,
+                                       step=results.get('step'))
   return paths
 
 
 def evaluate_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,
                         clip_selection: str | None = None, rerank: bool = False,
-                        features_path: str | pathlib.Path | None = None, pictures: bool = False,
-                        progress: bool = False) -> dict[str, Any]:
+                        rerank_k: tuple[int, int] = (20, 6), features_path: str | pathlib.Path | None = None,
+                        pictures: bool = False, picture_queries: Sequence[int] = (),
+                        picture_pids: Sequence[int] = (), progress: bool = False) -> dict[str, Any]:
   """Evaluates a trained checkpoint on the dataset of its config (what `eval.py` runs per checkpoint).
 
   Args:
     path: a training workdir (latest step) or a checkpoint step directory.
     overrides: dotted config keys to change after loading the checkpoint's config.
     clip_selection: 'rrs' or 'dense'; None uses config.final_clip_selection.
-    rerank: k-reciprocal re-ranking.
+    rerank: k-reciprocal re-ranking; rerank_k: its (k1, k2), checked before embedding (`check_rerank`).
     features_path: also write the features as .npz there (see `save_features`).
-    pictures: write ranked-results sheets and Fig. 5 into `<workdir>/pictures/`.
+    pictures: write ranked-results sheets and Fig. 5 into `<workdir>/pictures/`; picture_queries /
+      picture_pids pick their queries (`picture_queries`), else the best, median and worst by AP.
     progress: show a progress bar while embedding.
 
   Returns:
@@ -303,18 +394,20 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any
   dataset = load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
   if len(dataset.query) == 0:
     raise EvaluationError(f'{dataset.name} (split {dataset.split}) at {config.data_dir}: the query set is empty')
+  if rerank:
+    check_rerank(dataset, *rerank_k)
   model = model_from_config(config.model, dataset.num_train_pids)
   check_variables(model, variables, config, str(path))
   mesh = sharding.make_mesh()
   features = extract.extract_features(model, variables, dataset, config, clip_selection=clip_selection, mesh=mesh,
                                       progress=progress)
   results = score_features(features, dataset, distance=config.distance, clip_selection=clip_selection,
-                           rerank=rerank)
+                           rerank=rerank, rerank_k=rerank_k)
   results.update(step=step, checkpoint=str(path))
   if features_path:
     save_features(features_path, features, dataset, results)
   if pictures:
     directory = workdir_of(path) / 'pictures'
     results['pictures'] = [str(p) for p in write_pictures(model, variables, dataset, config, features, directory,
-                                                          clip_selection)]
+                                                          results, positions=picture_queries, pids=picture_pids)]
   return results

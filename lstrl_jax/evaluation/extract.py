@@ -11,6 +11,7 @@ features: one clip with 'rrs', every T-frame clip with 'dense'. Every host ends 
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -72,7 +73,7 @@ def extract_features(
     clip_selection: 'rrs' (one clip per tracklet) or 'dense' (consecutive T-frame clips, averaged).
     mesh: data-parallel mesh (`lstrl_jax.sharding.make_mesh()`).
     indices: positions in `dataset.test` to embed (default: all), in the order of the returned rows.
-    progress: show a tqdm bar on process 0.
+    progress: show a tqdm bar of finished batches on process 0, when stderr is a terminal (none in logs).
 
   Returns:
     float32 `[len(indices), D]` (`[N_test, D]` by default), row r the feature of `dataset.test[indices[r]]`.
@@ -92,10 +93,18 @@ def extract_features(
   sums = jax.device_put(np.zeros((len(dataset.test), dim), np.float32), replicated)
   counts = jax.device_put(np.zeros((len(dataset.test),), np.float32), replicated)
   step = _accumulate_step(mesh)
-  batches = tqdm.tqdm(loader, total=-(-num_rows // config.eval_batch_size), desc=f'embed ({clip_selection})',
-                      disable=not progress or jax.process_index() != 0, leave=False)
-  for batch in batches:
-    sums, counts = step(model, variables, sums, counts, sharding.shard_batch(batch, mesh))
+  bar = tqdm.tqdm(total=-(-num_rows // config.eval_batch_size), desc=f'embed ({clip_selection})', leave=False,
+                  disable=not progress or jax.process_index() != 0 or not sys.stderr.isatty())
+  for done, batch in enumerate(loader):
+    sharded = sharding.shard_batch(batch, mesh)
+    if done and not bar.disable:  # the bar counts finished batches: wait for the previous one (decoded meanwhile)
+      counts.block_until_ready()
+      bar.update()
+    sums, counts = step(model, variables, sums, counts, sharded)
+  if not bar.disable:
+    counts.block_until_ready()
+    bar.update(bar.total - bar.n)
+  bar.close()
   sums = np.asarray(jax.device_get(sums.addressable_data(0)))[indices]
   counts = np.asarray(jax.device_get(counts.addressable_data(0)))[indices]
   return sums / np.maximum(counts, 1.0)[:, None]

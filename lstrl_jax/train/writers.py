@@ -48,7 +48,8 @@ class MetricWriter:
 
     self._tensorboard = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'), flush_secs=30)
     self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')
-    self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc='train', unit='step', dynamic_ncols=True)
+    self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, desc='train', unit='step', dynamic_ncols=True,
+                          disable=None)  # None: no bar when stderr is not a terminal (logs to a file)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Records `scalars` at `step` in TensorBoard and as one line of metrics.jsonl."""
