@@ -25,7 +25,7 @@ from tests.test_scoring import reference_scores
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_PERSONS = 8  # 4 training and 4 test identities per split
-RERANK_PERSONS = 24  # 12 training and 12 test identities
+RERANK_PERSONS = 80  # 40 training and 40 test identities: a gallery of 40 = 2 * k1 tracklets
 
 
 def tiny_config(data_dir, split):
@@ -94,12 +94,12 @@ def runs(tmp_path_factory):
   split0, split1 = (write_checkpoint(root / f'split{s}', tiny_config(data, s), DEMO_PERSONS // 2, seed=s)
                     for s in (0, 1))
   other = write_checkpoint(root / 'other', tiny_config(data, 0), num_classes=625)
-  # Re-ranking needs k1 + 1 = 21 tracklets: 12 test persons, one tracklet per camera.
+  # Re-ranking at k1=20 needs a gallery of 2 * k1 = 40 tracklets: 40 test persons, one tracklet per camera.
   rerank_data = demo.generate(root / 'demo_rerank', num_persons=RERANK_PERSONS, frames=3)
   rerank_ckpt = write_checkpoint(root / 'rerank', tiny_config(rerank_data, 0), RERANK_PERSONS // 2, seed=2)
   processes = {
-      'rerank': start_eval(f'--ckpt={rerank_ckpt}', '--clip_selection=rrs', '--rerank',
-                           f'--save_features={root / "rerank.npz"}'),
+      'rerank_scores': start_eval(f'--ckpt={rerank_ckpt}', '--clip_selection=rrs', '--rerank',
+                                  f'--save_features={root / "rerank.npz"}'),
       'full': start_eval(f'--ckpt={split0},{split1 / "checkpoints" / "7"}', '--clip_selection=rrs',
                          f'--save_features={root / "feats.npz"}', '--pictures', '--config.eval_batch_size=2'),
       'missing': start_eval(f'--ckpt={root / "nowhere"}'),
@@ -263,10 +263,10 @@ def test_mars_protocol_conventions_with_imperfect_features(shared_data):
 def test_rerank_flag_through_eval_py(runs):
   """eval.py --rerank prints the scores of the saved features after the reference re-ranking (k1=20, k2=6,
   lambda=0.3), which differ here from the scores without it."""
-  returncode, text, stderr = runs['rerank']
+  returncode, text, stderr = runs['rerank_scores']
   assert returncode == 0, stderr[-3000:]
   assert 'demo (split 0 step 7) | clip selection: rrs | distance: cosine | k-reciprocal re-ranking' in text
-  row = re.search(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+12\s+12\s+0$', text,
+  row = re.search(r'^cross_camera\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+40\s+40\s+0$', text,
                   re.MULTILINE)
   assert row, text
   saved = np.load(runs['root'] / 'rerank.npz')

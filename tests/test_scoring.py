@@ -22,12 +22,12 @@ def cosine_distances(a, b):
   return 1.0 - a @ b.T
 
 
-def reference_scores(features, query, gallery, pids, camids, convention, rerank=False):
-  """(mAP, R-1, R-5, no_match) of one convention, one query at a time."""
+def reference_scores(features, query, gallery, pids, camids, convention, rerank=False, k1=20, k2=6):
+  """(mAP, R-1, R-5, no_match) of one convention, one query at a time (re-ranked with k1, k2, lambda 0.3)."""
   qf, gf = features[query].astype(np.float64), features[gallery].astype(np.float64)
   distances = cosine_distances(qf, gf)
   if rerank:
-    distances = reference_re_ranking(distances, cosine_distances(qf, qf), cosine_distances(gf, gf), 20, 6, 0.3)
+    distances = reference_re_ranking(distances, cosine_distances(qf, qf), cosine_distances(gf, gf), k1, k2, 0.3)
   ap, cmc, no_match = reference(distances, pids[query], camids[query], pids[gallery], camids[gallery],
                                 convention)
   return ap, cmc[0], cmc[min(5, len(gallery)) - 1], no_match
@@ -55,10 +55,11 @@ def test_rerank_flag_re_ranks_against_the_reference():
   features = (centres[pids] + 0.9 * rng.normal(size=(len(pids), 8))).astype(np.float32)
   query, gallery = dataset.query, dataset.galleries['cross_camera']
   plain = evaluator.score_features(features, dataset, distance='cosine', clip_selection='rrs')
-  reranked = evaluator.score_features(features, dataset, distance='cosine', clip_selection='rrs', rerank=True)
+  reranked = evaluator.score_features(features, dataset, distance='cosine', clip_selection='rrs', rerank=True,
+                                      rerank_k=(7, 3))  # the 15-tracklet gallery allows k1 <= 7
   assert reranked['rerank'] is True and plain['rerank'] is False
   want_plain = reference_scores(features, query, gallery, pids, camids, 'cross_camera')
-  want_reranked = reference_scores(features, query, gallery, pids, camids, 'cross_camera', rerank=True)
+  want_reranked = reference_scores(features, query, gallery, pids, camids, 'cross_camera', rerank=True, k1=7, k2=3)
   assert abs(want_plain[0] - want_reranked[0]) > 0.01  # the case tells re-ranked from plain scores apart
   _assert_scores(plain['conventions']['cross_camera'], want_plain)
   _assert_scores(reranked['conventions']['cross_camera'], want_reranked)
