@@ -91,8 +91,9 @@ def test_embed_equals_evaluator_features(shared_data, trained, tmp_path):
   wanted = sorted(wanted, key=lambda i: (dataset.test[i].camid, dataset.test[i].pid))
   _, variables, _ = checkpoint.load_for_eval(workdir)
   model = model_from_config(config.model, 37)
-  expected = extract.extract_features(model, variables, dataset, config, clip_selection='dense',
-                                      mesh=sharding.make_mesh(), indices=wanted)
+  reference = common.unlabelled_dataset([dataset.test[i].frames for i in wanted])  # same shapes: one compile
+  expected = extract.extract_features(model, variables, reference, config, clip_selection='dense',
+                                      mesh=sharding.make_mesh())
   saved = common.read_features(tmp_path / 'f.npz')
   np.testing.assert_allclose(saved['features'], expected, rtol=1e-5, atol=1e-6)
   assert saved['features'].dtype == np.float32 and saved['features'].shape == (6, 512)
@@ -123,11 +124,12 @@ def test_command_errors_are_one_line(trained, tmp_path):
   (tmp_path / 'empty' / 'a').mkdir(parents=True)
   (tmp_path / 'bad' / 't').mkdir(parents=True)
   (tmp_path / 'bad' / 't' / '1.png').write_bytes(b'not a png')
-  for folder, message in (('empty', 'no .png/.jpg/.jpeg image'), ('bad', 'cannot read image'),
-                          ('missing', 'directory not found')):
-    out = _command('--ckpt', str(workdir), '--tracklets', str(tmp_path / folder), '--out', str(tmp_path / 'f.npz'))
-    assert out.returncode == 1, out.stderr
-    assert out.stderr.startswith('error: ') and message in out.stderr and out.stderr.count('\n') == 1, out.stderr
+  for folder, message in (('empty', 'no .png/.jpg/.jpeg image'), ('missing', 'directory not found')):
+    with pytest.raises(DatasetError, match=message):
+      embed.embed(str(workdir), str(tmp_path / folder), str(tmp_path / 'f.npz'))
+  out = _command('--ckpt', str(workdir), '--tracklets', str(tmp_path / 'bad'), '--out', str(tmp_path / 'f.npz'))
+  assert out.returncode == 1, out.stderr
+  assert out.stderr.startswith('error: ') and 'cannot read image' in out.stderr and out.stderr.count('\n') == 1
   assert not (tmp_path / 'f.npz').exists()
   out = _command('--tracklets', str(tmp_path), '--out', 'x.npz')
   assert out.returncode == 2 and 'ckpt' in out.stderr

@@ -29,43 +29,63 @@ from lstrl_jax.inference import common
 from lstrl_jax.train.checkpoint import CheckpointError
 
 
+def embed_arrays(trained: common.Trained, tracklets: str, *, clip_selection: str | None = None,
+                 batch_size: int = 0, progress: bool = False,
+                 listing: tuple[list[str], list[tuple[str, ...]]] | None = None) -> dict[str, Any]:
+  """Embeds every tracklet folder under `tracklets` with a loaded model; the arrays of the features file.
+
+  Args:
+    trained: from `common.load_trained`.
+    tracklets: folder of tracklet folders (see the module docstring).
+    clip_selection: 'dense' | 'rrs' | None (the config's final_clip_selection).
+    batch_size: clips per step over all devices; 0 keeps the config's eval_batch_size.
+    progress: show a progress bar.
+    listing: `common.list_tracklets(tracklets)` when already made.
+
+  Returns:
+    features float32 `[N, D]`, names str `[N]` and the other keys of the features file.
+
+  Raises:
+    DatasetError, ValueError: one-line messages (see the module docstring).
+  """
+  names, frames = listing or common.list_tracklets(tracklets)
+  config = trained.config.copy_and_resolve_references()
+  config.packed_dir = ''
+  if batch_size:
+    config.eval_batch_size = batch_size
+  clip_selection = clip_selection or config.final_clip_selection
+  features = extract.extract_features(trained.model, trained.variables, common.unlabelled_dataset(frames), config,
+                                      clip_selection=clip_selection, mesh=sharding.make_mesh(), progress=progress)
+  lengths = [len(f) for f in frames]
+  return dict(
+      features=np.asarray(features, np.float32), names=np.asarray(names, dtype=str),
+      frame_paths=np.asarray([p for f in frames for p in f], dtype=str),
+      frame_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+      root=np.asarray(str(pathlib.Path(tracklets).absolute())), clip_selection=np.asarray(clip_selection),
+      step=np.asarray(trained.step), fingerprint=np.asarray(common.fingerprint(config)),
+      distance=np.asarray(config.distance), seq_len=np.asarray(config.seq_len), height=np.asarray(config.height),
+      width=np.asarray(config.width))
+
+
 def embed(ckpt: str, tracklets: str, out: str, *, clip_selection: str | None = None, batch_size: int = 0,
           progress: bool = False) -> dict[str, Any]:
   """Embeds every tracklet folder under `tracklets` with the checkpoint `ckpt` and writes `out`.
 
   Args:
     ckpt: training workdir (latest step) or checkpoint step directory.
-    tracklets: folder of tracklet folders (see the module docstring).
-    out: the .npz to write.
-    clip_selection: 'dense' | 'rrs' | None (the config's final_clip_selection).
-    batch_size: clips per step over all devices; 0 keeps the config's eval_batch_size.
-    progress: show progress bars.
+    tracklets, clip_selection, batch_size, progress: as in `embed_arrays`.
+    out: the .npz to write (only once every tracklet is embedded).
 
   Returns:
-    The arrays written (features float32 `[N, D]`, names `[N]`, ...).
+    The arrays written.
 
   Raises:
-    CheckpointError, DatasetError, EvaluationError, ValueError: one-line messages (see the module docstring).
+    CheckpointError, DatasetError, EvaluationError, ValueError: one-line messages.
   """
-  trained = common.load_trained(ckpt)
-  config = trained.config
-  config.packed_dir = ''
-  if batch_size:
-    config.eval_batch_size = batch_size
-  clip_selection = clip_selection or config.final_clip_selection
-  names, frames = common.list_tracklets(tracklets)
-  dataset = common.unlabelled_dataset(frames)
-  features = extract.extract_features(trained.model, trained.variables, dataset, config,
-                                      clip_selection=clip_selection, mesh=sharding.make_mesh(), progress=progress)
-  lengths = [len(f) for f in frames]
-  arrays = dict(
-      features=np.asarray(features, np.float32), names=np.asarray(names, dtype=str),
-      frame_paths=np.asarray([p for f in frames for p in f], dtype=str),
-      frame_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-      root=np.asarray(str(pathlib.Path(tracklets).absolute())), clip_selection=np.asarray(clip_selection),
-      step=np.asarray(trained.step), fingerprint=np.asarray(common.fingerprint(config)),
-      checkpoint=np.asarray(str(ckpt)), seq_len=np.asarray(config.seq_len), height=np.asarray(config.height),
-      width=np.asarray(config.width))
+  listing = common.list_tracklets(tracklets)  # data errors before the checkpoint is read
+  arrays = embed_arrays(common.load_trained(ckpt), tracklets, clip_selection=clip_selection, batch_size=batch_size,
+                        progress=progress, listing=listing)
+  arrays['checkpoint'] = np.asarray(str(ckpt))
   common.write_features(out, arrays)
   return arrays
 
