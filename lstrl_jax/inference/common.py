@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import ml_collections
@@ -118,19 +118,36 @@ def unlabelled_dataset(frames: list[tuple[str, ...]]) -> VideoReIDDataset:
   return VideoReIDDataset(name='tracklets', train=(), test=test, query=np.zeros(0, np.int64), galleries={})
 
 
-def write_features(path: str | pathlib.Path, arrays: Mapping[str, Any]) -> pathlib.Path:
-  """Writes `arrays` as .npz at `path` atomically (temporary file in the same folder, then rename)."""
+def _write_atomically(path: str | pathlib.Path, write: Callable[[Any], None]) -> pathlib.Path:
+  """Calls `write(file)` on a temporary file beside `path`, then renames it to `path` (parents created)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
   try:
     with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
+      write(f)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise
   return path
+
+
+def write_features(path: str | pathlib.Path, arrays: Mapping[str, Any]) -> pathlib.Path:
+  """Writes `arrays` as .npz at `path` atomically (temporary file in the same folder, then rename)."""
+  return _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def write_bytes(path: str | pathlib.Path, data: bytes) -> pathlib.Path:
+  """Writes `data` to `path` atomically (an exported model)."""
+  return _write_atomically(path, lambda f: f.write(data))
+
+
+def first_line(error: BaseException) -> str:
+  """The first line of an error's message, at most 300 characters (converter errors run long)."""
+  lines = str(error).strip().splitlines()
+  return (lines[0] if lines else '')[:300]
 
 
 def read_features(path: str | pathlib.Path) -> dict[str, np.ndarray]:
