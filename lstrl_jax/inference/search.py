@@ -82,9 +82,10 @@ def top_k(query: np.ndarray, gallery: np.ndarray, k: int, *, distance: str = 'co
     best_d = jnp.full((query_block, k), jnp.inf, jnp.float32)
     best_i = jnp.zeros((query_block, k), jnp.int32)
     for g0 in range(0, num_gallery, chunk_size):
-      chunk = np.zeros((chunk_size, gallery.shape[1]), np.float32)
       real = min(chunk_size, num_gallery - g0)
-      chunk[:real] = gallery[g0:g0 + real]
+      chunk = np.asarray(gallery[g0:g0 + real], np.float32)  # a view of full chunks: no host copy
+      if real < chunk_size:  # the last chunk, padded to the compiled shape
+        chunk = np.concatenate([chunk, np.zeros((chunk_size - real, chunk.shape[1]), np.float32)])
       best_d, best_i = _merge_chunk(best_d, best_i, block, chunk, np.arange(chunk_size) < real, np.int32(g0),
                                     k=k, distance=distance)
     rows = min(query_block, num_query - q0)
