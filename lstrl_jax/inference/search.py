@@ -7,9 +7,10 @@ query the command prints its name and the `--top` nearest gallery tracklets: ran
 
 Exact search in bounded memory (`top_k`): the gallery is scanned in chunks of `chunk_size` tracklets and the
 queries in blocks of `query_block`; one jitted step computes a `[query_block, chunk_size]` distance block with
-the evaluator's `metrics.distance_matrix` and merges its `jax.lax.top_k` into the running best k, so device
-memory is a few such blocks whatever the gallery size; the host holds the gallery features (G x D float32:
-2 GB for a million ResNet-18 features, D = 512). Ties keep gallery order, as the evaluator's ranking does.
+the evaluator's `metrics.distance_matrix` and merges its `jax.lax.top_k` into the running best k, one chunk
+in flight at a time, so working memory is a few such blocks whatever the gallery size; the host holds the
+gallery features (G x D float32: 2 GB for a million ResNet-18 features, D = 512). Ties keep gallery order,
+as the evaluator's ranking does.
 Measured on a million random features in benchmarks/search_scale.py. Past tens of millions of tracklets, or
 for many queries a second, an approximate index (faiss) is the tool; this command stays exact.
 `--rerank` applies k-reciprocal re-ranking (`evaluation.rerank`), which needs dense `[N, N]` matrices over
@@ -88,6 +89,7 @@ def top_k(query: np.ndarray, gallery: np.ndarray, k: int, *, distance: str = 'co
         chunk = np.concatenate([chunk, np.zeros((chunk_size - real, chunk.shape[1]), np.float32)])
       best_d, best_i = _merge_chunk(best_d, best_i, block, chunk, np.arange(chunk_size) < real, np.int32(g0),
                                     k=k, distance=distance)
+      best_d.block_until_ready()  # one chunk in flight: asynchronous dispatch would queue every chunk's copy
     rows = min(query_block, num_query - q0)
     out_d[q0:q0 + rows] = np.asarray(best_d)[:rows]
     out_i[q0:q0 + rows] = np.asarray(best_i)[:rows]
