@@ -59,9 +59,16 @@ def clip_spec(trained: common.Trained) -> jax.ShapeDtypeStruct:
 
 
 def export_stablehlo(trained: common.Trained, platforms: Sequence[str] | None = None) -> bytes:
-  """The serialized `jax.export.Exported` of `serving_function` (symbolic batch)."""
+  """The serialized `jax.export.Exported` of `serving_function` (symbolic batch).
+
+  Raises:
+    ExportError: flatbuffers (which jax's serialization needs) is not installed.
+  """
   exported = jax.export.export(jax.jit(serving_function(trained)), platforms=platforms)(clip_spec(trained))
-  return bytes(exported.serialize())
+  try:
+    return bytes(exported.serialize())
+  except ImportError as e:  # jax serializes with flatbuffers (requirements.txt)
+    raise ExportError(f'--format stablehlo: {e}') from e
 
 
 def _max_pool_3d(x, window_dimensions, window_strides, padding, **_):
