@@ -1,10 +1,10 @@
 """export: StableHLO (run in a fresh process without lstrl_jax) and ONNX (onnxruntime) equal embed's features."""
 
-import pathlib
 import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -78,7 +78,6 @@ def test_onnx_in_onnxruntime(exported, tmp_path):
 
 
 def test_max_pool_rewrite_is_exact():
-  import jax  # pylint: disable=import-outside-toplevel
   x = np.random.default_rng(0).normal(size=(2, 9, 7, 5)).astype(np.float32)
   want = jax.lax.reduce_window(x, -np.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
   got = export._max_pool_3d(x, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))

@@ -29,7 +29,6 @@ import jax
 from jax import lax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
-import numpy as np
 
 from lstrl_jax import cli
 from lstrl_jax.data import pipeline
@@ -110,7 +109,7 @@ def export_onnx(trained: common.Trained) -> bytes:
     ExportError: jax2onnx not installed, or the conversion failed.
   """
   try:
-    import jax2onnx  # pylint: disable=import-outside-toplevel  (optional: the [export] extra)
+    import jax2onnx  # optional: the [export] extra (requirements-export.txt)
   except ImportError as e:
     raise ExportError(f'--format onnx needs jax2onnx ({e}); install the [export] extra') from e
   spec = clip_spec(trained)
