@@ -12,7 +12,7 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
-from lstrl_jax.data.datasets import duke, ilidsvid, lsvid, mars, prid
+from lstrl_jax.data.datasets import duke, folders, ilidsvid, lsvid, mars, prid
 from lstrl_jax.data.index import DatasetError, VideoReIDDataset
 
 _READERS: dict[str, Callable[..., VideoReIDDataset]] = {
@@ -22,6 +22,7 @@ _READERS: dict[str, Callable[..., VideoReIDDataset]] = {
     'lsvid': lsvid.load,
     'duke': duke.load,
     'demo': lambda root, *, split=0: ilidsvid.load(root, split=split, name='demo'),
+    'folders': folders.load,
 }
 
 NAMES = tuple(_READERS)
