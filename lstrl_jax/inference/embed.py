@@ -116,8 +116,7 @@ ERRORS = (ValueError, CheckpointError)  # DatasetError, EvaluationError, Feature
 
 def run() -> None:
   """`python -m lstrl_jax.embed`: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  define_flags()
-  cli.run(main, errors=ERRORS)
+  cli.run(main, errors=ERRORS, define=define_flags, doc=__doc__)
 
 
 if __name__ == '__main__':

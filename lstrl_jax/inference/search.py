@@ -213,8 +213,7 @@ def main(argv) -> None:
 
 def run() -> None:
   """`python -m lstrl_jax.search`: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  define_flags()
-  cli.run(main, errors=(ValueError, CheckpointError))
+  cli.run(main, errors=(ValueError, CheckpointError), define=define_flags, doc=__doc__)
 
 
 if __name__ == '__main__':
