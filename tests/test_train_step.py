@@ -263,7 +263,29 @@ def test_parameter_check_names_the_step_and_the_last_checkpoint(tmp_path):
   with pytest.raises(guards.TrainingDivergedError, match='parameters are not finite after step 5;.*no checkpoint'):
     guards.check_params({'w': jnp.array([1.0, jnp.inf, 0.0]), 'b': jnp.zeros(2)}, 5, manager)
   with pytest.raises(guards.TrainingDivergedError, match='training loss is inf at step 8'):
-    guards.check_losses([1.0, 2.0, float('inf'), float('nan')], 5, manager)
+    guards.LossWatch(0.0).check([1.0, 2.0, float('inf'), float('nan')], 5, manager)
+
+
+def test_a_loss_far_above_its_running_median_is_divergence(tmp_path):
+  manager = checkpoint.make_manager(tmp_path, max_to_keep=1)
+  watch = guards.LossWatch(10.0, window=3)
+  watch.check([9.0, 1.0, 2.0, 3.0], 0, manager)  # the window keeps 1, 2, 3: median 2
+  watch.check([19.9], 4, manager)  # just under 10 x 2; the window is now 2, 3, 19.9
+  with pytest.raises(guards.TrainingDivergedError, match=r'loss 70 at step 7 exceeds 10 x its running median 3.5 '):
+    watch.check([3.5, 70.0], 5, manager)  # 3.5 passes (median 3); then the window is 3, 19.9, 3.5: median 3.5
+  guards.LossWatch(0.0).check([1.0, 1e12], 0, manager)  # 0 turns the bound off
+
+
+def test_ctrl_c_requests_a_stop_and_a_second_one_aborts(tmp_path):
+  manager = checkpoint.make_manager(tmp_path, max_to_keep=1)
+  before = signal.getsignal(signal.SIGINT)
+  with guards.StopRequest(manager) as stop_request:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop_request.requested(1)
+    stop_request.final()
+    with pytest.raises(guards.Interrupted, match='SIGINT'):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_pretrained_backbone_is_loaded_before_the_optimiser_state(tmp_path):
