@@ -31,6 +31,7 @@ from lstrl_jax.train import losses
 from lstrl_jax.train import optim
 from lstrl_jax.train import state as state_lib
 from lstrl_jax.train import trainer
+from lstrl_jax.train import workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -215,8 +216,8 @@ def make_run(compiled, tmp_path, **overrides):
   batches = grain.MapDataset.range(1000).map(tiny_batch).to_iter_dataset()
   return trainer.Run(
       config=config, dataset=None, model=model, mesh=mesh, step_fn=step, data_iterator=iter(batches),
-      manager=checkpoint.make_manager(tmp_path, max_to_keep=3), writer=RecordingWriter(), steps_per_epoch=4,
-      total_steps=8,
+      manager=checkpoint.make_manager(tmp_path, max_to_keep=3), writer=RecordingWriter(),
+      workdir=workdir.Workdir(tmp_path), loss_watch=guards.LossWatch(10.0), steps_per_epoch=4, total_steps=8,
   )
 
 

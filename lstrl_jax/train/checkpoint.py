@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 from typing import Any, Iterator
 
 import grain
@@ -81,13 +82,25 @@ class _DropOrbaxErrors(logging.Filter):
 
 @contextlib.contextmanager
 def quiet_orbax() -> Iterator[None]:
-  """Within it, orbax's error logs (absl logger) are dropped; the errors themselves still raise."""
+  """Within it, orbax's error logs (absl logger) are dropped; the errors themselves still raise.
+
+  After a failed save, tensorstore completes the save's other writes on an event loop orbax has closed and
+  reports each `RuntimeError: Event loop is closed` through `sys.unraisablehook`: those are dropped too.
+  """
   logger, dropper = logging.getLogger('absl'), _DropOrbaxErrors()
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous_hook(unraisable)
+
   logger.addFilter(dropper)
+  sys.unraisablehook = hook
   try:
     yield
   finally:
     logger.removeFilter(dropper)
+    sys.unraisablehook = previous_hook
 
 
 def check_saved(manager: ocp.CheckpointManager, step: int | None, *, wait: bool = False) -> None:

@@ -51,18 +51,19 @@ def _cause(error: OSError) -> str:
   return (error.strerror or str(error)).lower()
 
 
-def check_writable(path: pathlib.Path) -> None:
-  """Raises WorkdirError unless files can be created in `path` (or its nearest existing parent)."""
+def check_writable(path: pathlib.Path, what: str = 'run directory') -> None:
+  """Raises WorkdirError ('<path>: <what> not writable: <cause>') unless files can be created in `path` (or
+  in its nearest existing parent, when it does not exist yet)."""
   target = path
   while not target.exists():
     target = target.parent
   if not target.is_dir():
-    raise WorkdirError(f'{path}: cannot create the run directory: {target} is not a directory')
+    raise WorkdirError(f'{path}: cannot create the {what}: {target} is not a directory')
   try:
     with tempfile.NamedTemporaryFile(dir=target, prefix='.write-probe-'):
       pass
   except OSError as error:
-    raise WorkdirError(f'{path}: run directory not writable: {_cause(error)} ({target})') from error
+    raise WorkdirError(f'{path}: {what} not writable: {_cause(error)} ({target})') from error
 
 
 def describe(holder: dict[str, Any] | None) -> str:
