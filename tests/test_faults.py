@@ -28,6 +28,8 @@ from tensorboardX.proto import event_pb2
 from lstrl_jax.data import datasets
 from lstrl_jax.data import demo
 from lstrl_jax.train import checkpoint
+from lstrl_jax.train import workdir as workdir_lib
+from lstrl_jax.train import writers
 from test_checkpoint_resume import REPO, RUN_TRAIN, TINY, leaves
 
 RUN_EVAL = RUN_TRAIN.replace("'train.py'", "'eval.py'")
@@ -110,6 +112,44 @@ def reference(env, tmp_path_factory):
   return workdir
 
 
+HOLD = """
+import sys, time
+from lstrl_jax.train import workdir
+with workdir.Workdir(sys.argv[1]):
+  print('locked', flush=True)
+  time.sleep(600)
+"""
+
+
+def test_the_workdir_lock_holds_against_a_second_process_and_is_taken_over_after_kill_9(tmp_path):
+  holder = subprocess.Popen([sys.executable, '-c', HOLD, str(tmp_path / 'run')], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+  wait_for_line(holder, 'locked')
+  with pytest.raises(workdir_lib.WorkdirError, match=f'run directory in use by host {socket.gethostname()}, pid '
+                                                     f'{holder.pid}, started 20'):
+    with workdir_lib.Workdir(tmp_path / 'run'):
+      pass
+  holder.kill()
+  holder.communicate()
+  with workdir_lib.Workdir(tmp_path / 'run') as run_dir:
+    assert run_dir.took_over['pid'] == holder.pid
+    run_dir.keep()
+  assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == ['.lock']
+  # An early failure removes what the run created: here the workdir itself.
+  with pytest.raises(ValueError), workdir_lib.Workdir(tmp_path / 'new' / 'run'):
+    raise ValueError
+  assert not (tmp_path / 'new').exists()
+
+
+def test_metrics_are_cut_back_to_the_resumed_step(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  records = [{'step': 1, 'train/loss': 3.0}, {'step': 2, 'train/loss': 2.0}, {'step': 2, 'eval_rrs/mAP': 0.5},
+             {'step': 3, 'train/loss': 1.0}]
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records) + '{"step": 4, "tra')  # killed mid-line
+  assert writers.truncate_records(path, 2) == records[:2]
+  assert [json.loads(line) for line in path.read_text().splitlines()] == records[:2]
+
+
 def test_second_writer_refused(reference):
   assert sorted(int(p.name) for p in (reference / 'checkpoints').iterdir()) == [2, 4, 6]
   assert json.loads((reference / 'results.json').read_text())['completed']
@@ -134,8 +174,8 @@ def test_kill_9_leaves_a_lock_that_is_taken_over_and_logs_hold_each_step_once(en
   process = start(env, workdir)
   metrics = workdir / 'metrics.jsonl'
   deadline = time.time() + 300
-  while not (metrics.exists() and any(json.loads(line)['step'] >= 3 for line in metrics.read_text().splitlines()
-                                      if line.endswith('}'))):
+  while not ((workdir / 'checkpoints' / '2').is_dir() and any(
+      json.loads(line)['step'] >= 3 for line in metrics.read_text().splitlines() if line.endswith('}'))):
     assert time.time() < deadline and process.poll() is None
     time.sleep(0.05)
   process.kill()  # kill -9: no handler runs, the lock and its holder record stay behind
@@ -175,7 +215,7 @@ def test_a_full_disk_stops_the_run_at_the_failed_save(env, reference, small_disk
   assert error_line(stderr) == (f'error: checkpoint save failed: {workdir}/checkpoints/4: no space left on device; '
                                 f'last complete checkpoint: {workdir}/checkpoints/2')
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  assert max(r['step'] for r in records) == 5  # noticed after the step that followed the failed save
+  assert max(r['step'] for r in records) == 4  # reported before the log of the step after the failed save
   assert_step_restores_bitwise(workdir, 2, reference)
 
 

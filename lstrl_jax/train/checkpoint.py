@@ -103,18 +103,21 @@ def quiet_orbax() -> Iterator[None]:
     sys.unraisablehook = previous_hook
 
 
-def check_saved(manager: ocp.CheckpointManager, step: int | None, *, wait: bool = False) -> None:
-  """Raises CheckpointError if the background save of `step` (None: no save yet) failed.
+def check_saved(manager: ocp.CheckpointManager, step: int | None, *, wait: bool = False) -> bool:
+  """Whether the background save of `step` (None: none pending) is done; raises CheckpointError if it failed.
 
-  Without `wait` it returns at once while the save is still running (the loop calls it after every step,
-  so a failed write stops the run at the first step after it failed); with `wait` it blocks until done.
+  Without `wait` it returns False at once while the save is still running; with `wait` it blocks until done
+  (the loop does the first after every step and the second before every log).
   """
-  if step is None or (not wait and manager.is_saving_in_progress()):
-    return
+  if step is None:
+    return True
+  if not wait and manager.is_saving_in_progress():
+    return False
   try:
     manager.wait_until_finished()
   except Exception as error:  # whatever the background write raised (tensorstore: ValueError, OSError)
     raise CheckpointError(failed_save_message(manager, step, error)) from error
+  return True
 
 
 _CAUSES = {

@@ -16,13 +16,15 @@ parameters, BatchNorm statistics and Adam moments; the head, the logits and both
 Multi-host: `sharding.maybe_initialize_distributed()` joins the job; every process runs this same loop on
 its shard of the data (`pipeline.train_loader` shards by process), and process 0 alone writes logs.
 
-Loop: resume from `<workdir>/checkpoints` when it holds a step (state, data iterator and config, see
-`checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is set). Every
-`log_every_steps` the step metrics are fetched, checked for non-finite losses, averaged and written
-(TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved, after checking that every parameter is
-finite, every `checkpoint_every_epochs`, before every periodic evaluation, at the end, on SIGTERM (or the
-multi-host preemption notice) and at `config.stop_at_step`; the last two stop the run, which the same command
-later resumes. A NaN/inf loss or parameter raises `guards.TrainingDivergedError` without saving (`guards`).
+Loop: check what can be checked first (`preflight`), take the workdir (`workdir`: one writer, left as found
+on an early failure), resume from `<workdir>/checkpoints` when it holds a step (state, data iterator and
+config, see `checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is
+set). Every `log_every_steps` the step metrics are fetched, their losses checked (`guards.LossWatch`),
+averaged and written (TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved, after checking that
+every parameter is finite, every `checkpoint_every_epochs`, before every periodic evaluation, at the end, on
+SIGTERM or Ctrl-C (or the multi-host preemption notice) and at `config.stop_at_step`; the last two stop the
+run, which the same command later resumes. A failed background save raises `checkpoint.CheckpointError` before
+the next log; a diverged loss or parameter raises `guards.TrainingDivergedError` without saving.
 Evaluation runs every `eval_every_epochs` with `eval_clip_selection` and once at the end with
 `final_clip_selection`; the final results go to `<workdir>/results.json` and are returned. A run resumed at a
 step due an evaluation runs that evaluation first, so a run stopped there (a stop saves before evaluating) or
@@ -246,8 +248,8 @@ def train_loop(
 
   Logs, checkpoints and evaluates on the config's cadence (module docstring). A stop request (SIGTERM,
   Ctrl-C, preemption, `config.stop_at_step`) saves a checkpoint at the current step and returns; resuming at
-  a step due an evaluation runs it before training on. After every step the outcome of the last background
-  save is checked (without waiting for one in progress).
+  a step due an evaluation runs it before training on. A background save is checked after every step
+  (without waiting) and awaited before the next log, so a failed one is reported before that log.
 
   Returns:
     (state, step, stopped early).
@@ -267,7 +269,7 @@ def train_loop(
     step += 1
     pending.append(metrics)
     run.writer.advance()
-    checkpoint.check_saved(run.manager, saved)
+    saved = None if checkpoint.check_saved(run.manager, saved) else saved
     if step == first_step + 1:  # the first step of a process includes compilation: time from its end
       jax.block_until_ready(metrics)
       throughput.restart()
@@ -278,6 +280,7 @@ def train_loop(
     stop = stop_request.requested(step) or step == config.stop_at_step
     last = step == run.total_steps
     if step % config.log_every_steps == 0 or epoch_done or stop or last:
+      saved = None if checkpoint.check_saved(run.manager, saved, wait=True) else saved
       _log_train(run, pending, pending_from, throughput)
       pending, pending_from = [], step
     due = _evaluation_due(run, step)
@@ -398,5 +401,7 @@ def _run(run: Run, tx: optax.GradientTransformation) -> dict[str, Any]:
       return dict(summary, completed=False, checkpoint=str(manager.directory / str(step)))
   summary.update(clip_selection=config.final_clip_selection, results=results)
   if jax.process_index() == 0:
-    (run.workdir.path / 'results.json').write_text(json.dumps(summary, indent=2, default=_to_json) + '\n')
+    staging = run.workdir.path / 'results.json.tmp'
+    staging.write_text(json.dumps(summary, indent=2, default=_to_json) + '\n')
+    staging.replace(run.workdir.path / 'results.json')
   return summary
