@@ -327,7 +327,7 @@ def test_failures_before_the_first_step_leave_the_workdir_as_found(env, referenc
   for name, process in runs.items():
     _, stderr = finish(process, 1)
     assert cases[name][3] in error_line(stderr), (name, stderr[-2000:])
-    assert 'weights_only=False' not in stderr
+    assert 'weights_only' not in stderr and 'still be loaded' not in stderr  # torch's unsafe advice
     assert snapshot(tmp_path / cases[name][0]) == before[name], name
   assert_step_restores_bitwise(mismatched, 2, reference)
 
