@@ -5,8 +5,9 @@ stderr holds one `error:` line and no traceback (besides the progress bar), and 
 still restores bitwise (equal to the same step of an undisturbed run) or, for a failure before the first
 step, that the workdir is as it was found. The runs use test_checkpoint_resume's tiny config (ResNet-18,
 32x16 clips of T=2, 2 steps per epoch, 6 steps) and share one persistent compilation cache; the checks that
-fail before training start in parallel. The small-disk case needs a tmpfs mount and the read-only cases a
-read-only bind mount (root) or file modes (other users); each is skipped where neither works.
+fail before training start in parallel. The full-disk case runs on a small tmpfs where it can be mounted
+(root), else with a save failure injected at orbax's atomic rename; the read-only cases use a read-only bind
+mount (root) or file modes (other users).
 """
 
 import json
@@ -34,6 +35,17 @@ from test_checkpoint_resume import REPO, RUN_TRAIN, TINY, leaves
 
 RUN_EVAL = RUN_TRAIN.replace("'train.py'", "'eval.py'")
 ALLOWED_TORCH = RUN_TRAIN.replace("sys.modules['torch'] = None\n", '')  # for the pickled .pth case
+# Where no small filesystem can be mounted: the rename that completes checkpoint 4 fails in the background as
+# it would on a full disk (orbax's atomic-save boundary).
+FULL_AT_STEP_4 = RUN_TRAIN.replace('sys.argv = ', """import errno
+from orbax.checkpoint._src.path import atomicity
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def failing(self):
+  if self._final_path.name == '4':
+    raise OSError(errno.ENOSPC, 'No space left on device', str(self._tmp_path))
+  return await finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = failing
+sys.argv = """, 1)
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +77,8 @@ def finish(process: subprocess.Popen, returncode: int) -> tuple[str, str]:
 
 def error_line(stderr: str) -> str:
   """The one line stderr holds besides the progress bars (which tqdm redraws with carriage returns)."""
-  lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(('train:', 'embed'))]
+  lines = [line.strip() for line in stderr.splitlines()]
+  lines = [line for line in lines if line and not line.startswith(('train:', 'embed'))]
   assert len(lines) == 1 and lines[0].startswith('error: '), lines
   return lines[0]
 
@@ -200,18 +213,20 @@ def test_kill_9_leaves_a_lock_that_is_taken_over_and_logs_hold_each_step_once(en
 
 @pytest.fixture
 def small_disk(tmp_path):
-  """A 200 MB tmpfs: room for one checkpoint (119 MB) of the tiny run, not two."""
+  """(folder, train script): a 200 MB tmpfs, room for one checkpoint (119 MB) of the tiny run, not two; where
+  mounting is not allowed (not root), a plain folder and a train.py whose save of step 4 fails."""
   mount = tmp_path / 'small'
   mount.mkdir()
   if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=200m', 'tmpfs', str(mount)], capture_output=True).returncode:
-    pytest.skip('cannot mount a tmpfs here (needs root)')
-  yield mount
+    yield mount, FULL_AT_STEP_4
+    return
+  yield mount, RUN_TRAIN
   subprocess.run(['umount', str(mount)], check=True)
 
 
 def test_a_full_disk_stops_the_run_at_the_failed_save(env, reference, small_disk):
-  workdir = small_disk / 'run'
-  _, stderr = finish(start(env, workdir), 1)
+  workdir = small_disk[0] / 'run'
+  _, stderr = finish(start(env, workdir, script=small_disk[1]), 1)
   assert error_line(stderr) == (f'error: checkpoint save failed: {workdir}/checkpoints/4: no space left on device; '
                                 f'last complete checkpoint: {workdir}/checkpoints/2')
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
