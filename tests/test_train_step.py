@@ -283,8 +283,10 @@ def test_ctrl_c_requests_a_stop_and_a_second_one_aborts(tmp_path):
   with guards.StopRequest(manager) as stop_request:
     os.kill(os.getpid(), signal.SIGINT)
     assert stop_request.requested(1)
-    stop_request.final()
-    with pytest.raises(guards.Interrupted, match='SIGINT'):
+    with pytest.raises(guards.Interrupted, match='an earlier stop request'), stop_request.immediately():
+      pass
+  with guards.StopRequest(manager) as stop_request:
+    with pytest.raises(guards.Interrupted, match='SIGINT'), stop_request.immediately():
       os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is before
 

@@ -12,11 +12,12 @@ a learning rate of 1e6 gives finite losses of 1e11 long before anything is NaN).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,16 +40,16 @@ class StopRequest:
   """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop polls after each step.
 
   The previous handlers return on exit. A second SIGINT restores the default handler and re-sends itself, so
-  the process ends at once. After `final()` (training done and saved), a request raises `Interrupted` at
-  once instead. A single process installs its own handlers. In a multi-host job JAX's preemption service
+  the process ends at once. Within `immediately()` (training done and saved), a request raises `Interrupted`
+  at once instead. A single process installs its own handlers. In a multi-host job JAX's preemption service
   already catches SIGTERM, and every process learns of it at the same step through
-  `manager.reached_preemption`, so all of them save the same step.
+  `manager.reached_preemption`, so all of them save the same step (`manager` may be set after entering).
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self, manager: ocp.CheckpointManager):
-    self._manager = manager
+  def __init__(self, manager: ocp.CheckpointManager | None = None):
+    self.manager = manager
     self._requested = False
     self._final = False
     self._previous = {}
@@ -62,9 +63,16 @@ class StopRequest:
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
 
-  def final(self) -> None:
-    """From now on (nothing left to save) a stop request raises `Interrupted` where the run is."""
+  @contextlib.contextmanager
+  def immediately(self) -> Iterator[None]:
+    """Within it (nothing left to save), a stop request raises `Interrupted` where the run is."""
+    if self._requested:
+      raise Interrupted('an earlier stop request')
     self._final = True
+    try:
+      yield
+    finally:
+      self._final = False
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -81,7 +89,7 @@ class StopRequest:
   def requested(self, step: int) -> bool:
     """Whether to save and stop after `step` (call once per step on every process)."""
     if jax.process_count() > 1:
-      return self._manager.reached_preemption(step)
+      return self.manager.reached_preemption(step)
     return self._requested
 
 

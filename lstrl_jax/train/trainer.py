@@ -338,6 +338,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     TrainingDivergedError: the loss or the parameters became NaN/inf (the last good checkpoint is kept).
   """
   sharding.maybe_initialize_distributed()
+  # First of all, so that a Ctrl-C or SIGTERM while loading is a stop request too (acted on after a step).
+  with guards.StopRequest() as stop_request:
+    return _prepare_and_run(config, workdir, stop_request)
+
+
+def _prepare_and_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                     stop_request: guards.StopRequest) -> dict[str, Any]:
+  """Checks everything, takes the workdir and runs (`train_and_evaluate`)."""
   check_config(config)
   mesh = sharding.make_mesh()
   dataset = load_dataset(config.dataset, config.data_dir, split=config.split)
@@ -353,6 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   # Orbax logs a failed background save with tracebacks; check_saved reports it in one line instead.
   with checkpoint.quiet_orbax(), workdir_lib.Workdir(workdir, active=jax.process_index() == 0) as run_dir:
     manager = checkpoint.make_manager(run_dir.path, config.max_checkpoints)
+    stop_request.manager = manager
     run = Run(
         config=config,
         dataset=dataset,
@@ -369,39 +378,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         total_steps=total_steps,
     )
     try:
-      return _run(run, tx)
+      return _run(run, tx, stop_request)
     finally:
       manager.close()
       run.writer.close()
 
 
-def _run(run: Run, tx: optax.GradientTransformation) -> dict[str, Any]:
+def _run(run: Run, tx: optax.GradientTransformation, stop_request: guards.StopRequest) -> dict[str, Any]:
   """Trains, waits for the last save, evaluates and writes results.json; the summary of
   `train_and_evaluate`, with 'checkpoint' (the saved step's path) when stopped."""
   config, manager = run.config, run.manager
   if run.workdir.took_over:
     run.writer.print_line(
         f'took over the lock of a process that is gone ({workdir_lib.describe(run.workdir.took_over)})')
-  with guards.StopRequest(manager) as stop_request:
-    run.writer.print_line(
-        f'{run.dataset.name}: {len(run.dataset.train)} training tracklets, {run.dataset.num_train_pids} '
-        f'identities; {run.steps_per_epoch} steps/epoch x {config.num_epochs} epochs; global batch '
-        f'{config.num_identities * config.num_instances} clips on {run.mesh.devices.size} device(s)'
-    )
-    state, step = _initial_state(run, tx)
-    state, step, stopped = train_loop(run, state, step, stop_request)
-    checkpoint.check_saved(manager, step, wait=True)
-    summary = {'step': step, 'epoch': step / run.steps_per_epoch, 'completed': not stopped}
-    if stopped:
-      return dict(summary, checkpoint=str(manager.directory / str(step)))
-    stop_request.final()
-    try:
+  run.writer.print_line(
+      f'{run.dataset.name}: {len(run.dataset.train)} training tracklets, {run.dataset.num_train_pids} '
+      f'identities; {run.steps_per_epoch} steps/epoch x {config.num_epochs} epochs; global batch '
+      f'{config.num_identities * config.num_instances} clips on {run.mesh.devices.size} device(s)'
+  )
+  state, step = _initial_state(run, tx)
+  state, step, stopped = train_loop(run, state, step, stop_request)
+  checkpoint.check_saved(manager, step, wait=True)
+  summary = {'step': step, 'epoch': step / run.steps_per_epoch, 'completed': not stopped}
+  if stopped:
+    return dict(summary, checkpoint=str(manager.directory / str(step)))
+  try:
+    with stop_request.immediately():
       results = _evaluate(run, state, config.final_clip_selection, step)
-    except guards.Interrupted:
-      return dict(summary, completed=False, checkpoint=str(manager.directory / str(step)))
-  summary.update(clip_selection=config.final_clip_selection, results=results)
-  if jax.process_index() == 0:
-    staging = run.workdir.path / 'results.json.tmp'
-    staging.write_text(json.dumps(summary, indent=2, default=_to_json) + '\n')
-    staging.replace(run.workdir.path / 'results.json')
+      summary.update(clip_selection=config.final_clip_selection, results=results)
+      if jax.process_index() == 0:
+        staging = run.workdir.path / 'results.json.tmp'
+        staging.write_text(json.dumps(summary, indent=2, default=_to_json) + '\n')
+        staging.replace(run.workdir.path / 'results.json')
+  except guards.Interrupted:
+    return dict(summary, completed=False, checkpoint=str(manager.directory / str(step)))
   return summary
