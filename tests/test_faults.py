@@ -206,8 +206,13 @@ def test_kill_9_leaves_a_lock_that_is_taken_over_and_logs_hold_each_step_once(en
   # TensorBoard: the resumed run's event file starts by purging the steps after the checkpoint it resumed.
   files = read_events(workdir / 'tensorboard')
   assert len(files) == 2
-  purges = [e.step for e in files[1] if e.HasField('session_log') and e.session_log.status == e.session_log.START]
-  assert purges == [resumed]
+  purges = [[e.step for e in events if e.HasField('session_log') and e.session_log.status == e.session_log.START]
+            for events in files]
+  assert purges == [[0], [resumed]]
+  # What TensorBoard shows: the first file's events before the purge step, then the second file's.
+  shown = [e for e in files[0] if e.step < resumed] + files[1]
+  loss_steps = [e.step for e in shown for v in e.summary.value if v.tag == 'train/loss']
+  assert loss_steps == [1, 2, 3, 4, 5, 6]
   assert min(e.step for e in files[1] if e.HasField('summary')) == resumed
 
 

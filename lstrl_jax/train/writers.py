@@ -9,7 +9,8 @@ Each step is recorded once however often a run is killed and resumed (issue 13):
 the first record, and then metrics.jsonl is cut back to what the resumed checkpoint covers (the records of
 steps up to it, less the evaluation records of its own step, which the resumed run repeats), and the new
 TensorBoard event file starts with a purge at that step (TensorBoard hides the older files' events from it
-on), followed again by the kept training record of that step.
+on; a fresh run purges from step 0, hiding what a failed earlier run left), followed again by the kept
+training record of that step.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class MetricWriter:
     import tensorboardX  # pylint: disable=g-import-not-at-top
 
     self._tensorboard = tensorboardX.SummaryWriter(
-        str(self._workdir / 'tensorboard'), flush_secs=30, purge_step=self._initial_step or None)
+        str(self._workdir / 'tensorboard'), flush_secs=30, purge_step=self._initial_step)
     for record in kept:
-      if record['step'] == self._initial_step and self._initial_step:
+      if record['step'] == self._initial_step:
         for tag, value in record.items():
           if tag != 'step':
             self._tensorboard.add_scalar(tag, value, record['step'])
@@ -78,6 +79,7 @@ class MetricWriter:
       self._open()
     for tag, value in scalars.items():
       self._tensorboard.add_scalar(tag, value, step)
+    self._tensorboard.flush()  # a kill -9 must not lose steps TensorBoard will not be given again
     self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
     self._jsonl.flush()
 
