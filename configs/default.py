@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_epochs = 10
   config.max_checkpoints = 3
   config.stop_at_step = 0  # save a checkpoint and stop at this global step (rerun to resume); 0 = off
+  config.max_loss_ratio = 10.0  # stop when a step's loss exceeds this times the running median; 0 = off
   return config
 
 

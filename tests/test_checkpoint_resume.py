@@ -139,7 +139,7 @@ def test_sigterm_saves_and_the_resumed_run_is_bitwise_identical(env, straight, t
         process.send_signal(signal.SIGTERM)
         break
     stdout, _ = process.communicate(timeout=600)
-  assert process.returncode == 0, log.read_text()[-3000:]
+  assert process.returncode == 75, log.read_text()[-3000:]  # stopped, resumable (DESIGN.md section 6)
   stopped = int(stdout.split('stopped at step ')[1].split(';')[0])
   assert 1 <= stopped < 6  # the handler only sets a flag: the step in progress finishes, then it saves
   assert checkpoint.load_for_eval(tmp_path / 'run')[2] == stopped
@@ -181,7 +181,7 @@ def evaluations(workdir) -> list[dict]:
 
 def test_stop_at_an_evaluation_step_runs_that_evaluation_on_resume(env, straight, tmp_path):
   # Step 4 ends epoch 2, which is due an evaluation: the stop saves before it, the resumed run evaluates first.
-  output = train(env, tmp_path / 'run', '--config.stop_at_step=4')
+  output = train(env, tmp_path / 'run', '--config.stop_at_step=4', returncode=75)
   assert 'stopped at step 4' in output and 'step 4) | clip selection' not in output
   output = train(env, tmp_path / 'run', '--config.stop_at_step=4')
   assert output.index('resumed from') < output.index('step 4) | clip selection')

@@ -31,6 +31,7 @@ from lstrl_jax.train import losses
 from lstrl_jax.train import optim
 from lstrl_jax.train import state as state_lib
 from lstrl_jax.train import trainer
+from lstrl_jax.train import workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -215,8 +216,8 @@ def make_run(compiled, tmp_path, **overrides):
   batches = grain.MapDataset.range(1000).map(tiny_batch).to_iter_dataset()
   return trainer.Run(
       config=config, dataset=None, model=model, mesh=mesh, step_fn=step, data_iterator=iter(batches),
-      manager=checkpoint.make_manager(tmp_path, max_to_keep=3), writer=RecordingWriter(), steps_per_epoch=4,
-      total_steps=8,
+      manager=checkpoint.make_manager(tmp_path, max_to_keep=3), writer=RecordingWriter(),
+      workdir=workdir.Workdir(tmp_path), loss_watch=guards.LossWatch(10.0), steps_per_epoch=4, total_steps=8,
   )
 
 
@@ -263,7 +264,31 @@ def test_parameter_check_names_the_step_and_the_last_checkpoint(tmp_path):
   with pytest.raises(guards.TrainingDivergedError, match='parameters are not finite after step 5;.*no checkpoint'):
     guards.check_params({'w': jnp.array([1.0, jnp.inf, 0.0]), 'b': jnp.zeros(2)}, 5, manager)
   with pytest.raises(guards.TrainingDivergedError, match='training loss is inf at step 8'):
-    guards.check_losses([1.0, 2.0, float('inf'), float('nan')], 5, manager)
+    guards.LossWatch(0.0).check([1.0, 2.0, float('inf'), float('nan')], 5, manager)
+
+
+def test_a_loss_far_above_its_running_median_is_divergence(tmp_path):
+  manager = checkpoint.make_manager(tmp_path, max_to_keep=1)
+  watch = guards.LossWatch(10.0, window=3)
+  watch.check([9.0, 1.0, 2.0, 3.0], 0, manager)  # the window keeps 1, 2, 3: median 2
+  watch.check([19.9], 4, manager)  # just under 10 x 2; the window is now 2, 3, 19.9
+  with pytest.raises(guards.TrainingDivergedError, match=r'loss 70 at step 7 exceeds 10 x its running median 3.5 '):
+    watch.check([3.5, 70.0], 5, manager)  # 3.5 passes (median 3); then the window is 3, 19.9, 3.5: median 3.5
+  guards.LossWatch(0.0).check([1.0, 1e12], 0, manager)  # 0 turns the bound off
+
+
+def test_ctrl_c_requests_a_stop_and_a_second_one_aborts(tmp_path):
+  manager = checkpoint.make_manager(tmp_path, max_to_keep=1)
+  before = signal.getsignal(signal.SIGINT)
+  with guards.StopRequest(manager) as stop_request:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop_request.requested(1)
+    with pytest.raises(guards.Interrupted, match='an earlier stop request'), stop_request.immediately():
+      pass
+  with guards.StopRequest(manager) as stop_request:
+    with pytest.raises(guards.Interrupted, match='SIGINT'), stop_request.immediately():
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_pretrained_backbone_is_loaded_before_the_optimiser_state(tmp_path):

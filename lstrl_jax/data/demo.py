@@ -18,8 +18,9 @@ Layout written under --out (as i-LIDS-VID, see lstrl_jax/data/datasets/ilidsvid.
   i-LIDS-VID/sequences/cam{1,2}/personNNN/cam{1,2}_personNNN_FFFFF.png  (frame numbers start at random)
   train-test people splits/train_test_splits_ilidsvid.mat   `ls_set` [10, num_persons], 1-based, float64
   demo.json                                                 the generation flags (MANIFEST)
-The dataset is written to a temporary sibling folder and renamed into place, so an interrupted run leaves
-nothing at --out. Running the command again on a finished folder with the same flags leaves it as it is (the
+The dataset is written to a temporary sibling folder `.<out>.partial-<host>-<pid>-*` and renamed into place,
+so an interrupted run leaves nothing at --out; the partial folder of a generator killed outright (kill -9) is
+removed by the next run on the same host once its pid is gone. Running the command again on a finished folder with the same flags leaves it as it is (the
 output is a pure function of the flags); any other existing --out is refused.
 """
 
@@ -28,7 +29,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import glob
 import shutil
+import socket
+import sys
 import tempfile
 from typing import Sequence
 
@@ -193,7 +197,9 @@ def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16
   if num_persons < 2 or frames < 1 or height < 16 or width < 8:
     raise DatasetError(f'{out}: need num_persons >= 2, frames >= 1, height >= 16, width >= 8')
   out.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-', dir=out.parent))
+  remove_stale_partials(out)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'{_partial_prefix(out)}{socket.gethostname()}-{os.getpid()}-',
+                                          dir=out.parent))
   try:
     for index in range(num_persons):
       person = identity(np.random.default_rng([seed, index]))
@@ -216,6 +222,39 @@ def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16
     shutil.rmtree(staging, ignore_errors=True)
     raise
   return out
+
+
+def _partial_prefix(out: pathlib.Path) -> str:
+  return f'.{out.name}.partial-'
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's
+    return True
+  return True
+
+
+def remove_stale_partials(out: pathlib.Path) -> list[pathlib.Path]:
+  """Removes the partial folders of `out` left by dead generators on this host; returns them.
+
+  A partial folder is `.<out>.partial-<host>-<pid>-<random>`; one of another host, or of a live pid, is left
+  alone (it may still be being written), as is any name this module did not make.
+  """
+  removed = []
+  prefix = _partial_prefix(out)
+  for entry in out.parent.glob(f'{glob.escape(prefix)}*'):
+    fields = entry.name[len(prefix):].rsplit('-', 2)
+    if len(fields) != 3 or not fields[1].isdigit():
+      continue
+    host, pid = fields[0], int(fields[1])
+    if host == socket.gethostname() and not _process_alive(pid):
+      shutil.rmtree(entry, ignore_errors=True)
+      removed.append(entry)
+  return removed
 
 
 def _read_manifest(out: pathlib.Path) -> dict | None:

@@ -29,6 +29,7 @@ from lstrl_jax.evaluation import rerank as rerank_lib
 from lstrl_jax.evaluation import visualize
 from lstrl_jax.models.lstrl import model_from_config
 from lstrl_jax.train.checkpoint import CHECKPOINT_DIR, load_for_eval
+from lstrl_jax.train.workdir import WorkdirError, check_writable
 
 COLUMNS = ('mAP',) + tuple(f'R-{k}' for k in metrics.CMC_RANKS)
 SPLIT_DATASETS = ('ilidsvid', 'prid', 'demo')  # datasets reported per split (mean over 10 splits)
@@ -385,9 +386,18 @@ def evaluate_checkpoint(path: str | pathlib.Path, *, overrides: Mapping[str, Any
 
   Raises:
     CheckpointError: missing or unreadable checkpoint. DatasetError: unreadable dataset.
-    EvaluationError: unknown override key, checkpoint not matching the dataset or model, empty query set.
+    EvaluationError: unknown override key, checkpoint not matching the dataset or model, empty query set,
+      or the pictures' or features' folder not writable (checked before evaluating: a read-only run is
+      evaluated only when its outputs can be written).
     ValueError: other bad config values (e.g. an eval_batch_size not divisible over the devices).
   """
+  outputs = [(pathlib.Path(features_path).absolute().parent, 'features folder')] if features_path else []
+  outputs += [(workdir_of(path) / 'pictures', 'pictures folder')] if pictures else []
+  for folder, what in outputs:
+    try:
+      check_writable(folder, what)
+    except WorkdirError as error:
+      raise EvaluationError(f'{error}; nothing was evaluated') from error
   config, variables, step = load_for_eval(path)
   apply_overrides(config, overrides or {})
   clip_selection = clip_selection or config.final_clip_selection

@@ -92,9 +92,11 @@ def _read_pth(path: str) -> dict[str, np.ndarray]:
   try:
     state = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pickle/zip errors, or objects that weights_only refuses to unpickle
+    # torch's refusal advises weights_only=False, which runs arbitrary code from the file: never pass it on.
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    detail = 'it holds pickled Python objects, which are not loaded' if 'weights_only' in str(e) else first_line
     raise WeightImportError(
-        f'{path}: not a weights-only PyTorch state dict ({type(e).__name__}: {first_line}); save '
+        f'{path}: not a weights-only PyTorch state dict ({type(e).__name__}: {detail}); save '
         f'model.state_dict() or use {SAFETENSORS_SUFFIX}') from e
   if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
     raise WeightImportError(

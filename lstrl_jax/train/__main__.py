@@ -7,9 +7,10 @@ resumes from the latest checkpoint. Paths in the config (data_dir, packed_dir, m
 absolute against the working directory before anything is recorded, so the checkpoints and results.json name
 the data wherever the run is later evaluated from. A workdir whose run finished (its results.json at the
 final step of this config) is not trained or evaluated again: one line names its results.json. Everything
-else happens in `lstrl_jax.train.trainer.train_and_evaluate`. A bad dataset, config value or checkpoint, or
-a diverged loss, prints one line on stderr and exits with status 1; a flag mistake exits 2 (DESIGN.md
-section 6). Library logging shows warnings and errors only (`--verbosity=0` for INFO).
+else happens in `lstrl_jax.train.trainer.train_and_evaluate`. A bad dataset, config value or checkpoint, a
+workdir in use or unwritable, a failed save or a diverged loss prints one line on stderr and exits with
+status 1; a flag mistake exits 2; a run stopped with a checkpoint saved (SIGTERM, Ctrl-C,
+`config.stop_at_step`) says where and exits with 75 (DESIGN.md section 6). Library logging shows warnings and errors only (`--verbosity=0` for INFO).
 """
 
 import json
@@ -67,9 +68,9 @@ def finished_run(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> st
 
 def errors() -> tuple[type[BaseException], ...]:
   """The user's data, checkpoint and value errors: one line, exit status 1."""
-  from lstrl_jax.train import checkpoint, guards  # pylint: disable=g-import-not-at-top
+  from lstrl_jax.train import checkpoint, guards, workdir  # pylint: disable=g-import-not-at-top
 
-  return ValueError, checkpoint.CheckpointError, guards.TrainingDivergedError
+  return ValueError, checkpoint.CheckpointError, guards.TrainingDivergedError, workdir.WorkdirError
 
 
 def main(argv: list[str]) -> None:
@@ -88,7 +89,10 @@ def main(argv: list[str]) -> None:
   from lstrl_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
   summary = trainer.train_and_evaluate(config, workdir)
-  if summary['completed'] and jax.process_index() == 0:  # process 0 alone writes results.json
+  if not summary['completed']:
+    raise cli.Resumable(f'stopped at step {summary["step"]}; saved {summary["checkpoint"]}; run the same command '
+                        'again to resume')
+  if jax.process_index() == 0:  # process 0 alone writes results.json
     print(f'results written to {workdir / "results.json"}')
 
 

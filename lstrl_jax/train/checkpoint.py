@@ -12,9 +12,13 @@ and `config/`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import pathlib
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import grain
 import jax
@@ -49,15 +53,94 @@ def save(
     data_iterator: grain.DataLoaderIterator | grain.DatasetIterator,
     config: ml_collections.ConfigDict,
 ) -> None:
-  """Saves the train state, the data iterator position and the config as checkpoint `step`."""
-  manager.save(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.PyTreeSave(state),
-          data=grain.checkpoint.CheckpointSave(data_iterator),
-          config=ocp.args.JsonSave(json.loads(config.to_json())),
-      ),
-  )
+  """Starts saving the train state, the data iterator position and the config as checkpoint `step`.
+
+  The arrays are written in the background; `check_saved(manager, step)` reports the outcome.
+
+  Raises:
+    CheckpointError: the save could not start (e.g. the previous one failed, or the directory is read-only).
+  """
+  try:
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(json.loads(config.to_json())),
+        ),
+    )
+  except Exception as error:  # orbax and tensorstore raise OSError, ValueError or their own types
+    raise CheckpointError(failed_save_message(manager, step, error)) from error
+
+
+class _DropOrbaxErrors(logging.Filter):
+  """Drops orbax's error records (with their tracebacks): `check_saved` reports a failed save in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and f'{os.sep}orbax{os.sep}' in record.pathname)
+
+
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+  """Within it, orbax's error logs (absl logger) are dropped; the errors themselves still raise.
+
+  After a failed save, tensorstore completes the save's other writes on an event loop orbax has closed and
+  reports each `RuntimeError: Event loop is closed` through `sys.unraisablehook`: those are dropped too.
+  """
+  logger, dropper = logging.getLogger('absl'), _DropOrbaxErrors()
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous_hook(unraisable)
+
+  logger.addFilter(dropper)
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    logger.removeFilter(dropper)
+    sys.unraisablehook = previous_hook
+
+
+def check_saved(manager: ocp.CheckpointManager, step: int | None, *, wait: bool = False) -> bool:
+  """Whether the background save of `step` (None: none pending) is done; raises CheckpointError if it failed.
+
+  Without `wait` it returns False at once while the save is still running; with `wait` it blocks until done
+  (the loop does the first after every step and the second before every log).
+  """
+  if step is None:
+    return True
+  if not wait and manager.is_saving_in_progress():
+    return False
+  try:
+    manager.wait_until_finished()
+  except Exception as error:  # whatever the background write raised (tensorstore: ValueError, OSError)
+    raise CheckpointError(failed_save_message(manager, step, error)) from error
+  return True
+
+
+_CAUSES = {
+    'no space left': 'no space left on device',
+    'disk quota': 'disk quota exceeded',
+    'read-only file system': 'read-only file system',
+    'permission denied': 'permission denied',
+}
+
+
+def failed_save_message(manager: ocp.CheckpointManager, step: int, error: BaseException) -> str:
+  """One line: the checkpoint that failed, why (no space, read-only, permission, else the error) and the
+  last complete checkpoint on disk."""
+  text = str(error).lower()
+  cause = next((cause for key, cause in _CAUSES.items() if key in text), _one_line(error))
+  return (f'checkpoint save failed: {manager.directory / str(step)}: {cause}; '
+          f'{last_complete(pathlib.Path(manager.directory))}')
+
+
+def last_complete(directory: pathlib.Path) -> str:
+  """'last complete checkpoint: <directory>/<step>' (the newest finished step on disk), or that none is."""
+  steps = _finished_steps(directory)
+  return f'last complete checkpoint: {directory / str(steps[-1])}' if steps else 'no complete checkpoint was saved'
 
 
 def restore(
@@ -165,13 +248,20 @@ def _step_directory(path: pathlib.Path) -> pathlib.Path:
   if path.name.isdigit() and (path / 'state').is_dir():
     return path
   directory = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-  # Unfinished saves live in '<step>.orbax-checkpoint-tmp' folders, which the digit test leaves out.
-  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  steps = _finished_steps(directory)
   if not steps:
     raise CheckpointError(
         f'{path}: no checkpoint found (expected a workdir with {CHECKPOINT_DIR}/<step>/ or a step directory)'
     )
   return directory / str(steps[-1])
+
+
+def _finished_steps(directory: pathlib.Path) -> list[int]:
+  """The finished steps in a checkpoints directory, ascending. Unfinished saves live in
+  '<step>.orbax-checkpoint-tmp' folders, which the digit test leaves out."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _one_line(error: BaseException) -> str:

@@ -16,13 +16,15 @@ parameters, BatchNorm statistics and Adam moments; the head, the logits and both
 Multi-host: `sharding.maybe_initialize_distributed()` joins the job; every process runs this same loop on
 its shard of the data (`pipeline.train_loader` shards by process), and process 0 alone writes logs.
 
-Loop: resume from `<workdir>/checkpoints` when it holds a step (state, data iterator and config, see
-`checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is set). Every
-`log_every_steps` the step metrics are fetched, checked for non-finite losses, averaged and written
-(TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved, after checking that every parameter is
-finite, every `checkpoint_every_epochs`, before every periodic evaluation, at the end, on SIGTERM (or the
-multi-host preemption notice) and at `config.stop_at_step`; the last two stop the run, which the same command
-later resumes. A NaN/inf loss or parameter raises `guards.TrainingDivergedError` without saving (`guards`).
+Loop: check what can be checked first (`preflight`), take the workdir (`workdir`: one writer, left as found
+on an early failure), resume from `<workdir>/checkpoints` when it holds a step (state, data iterator and
+config, see `checkpoint`), else build a fresh state (with ImageNet weights when `config.model.pretrained` is
+set). Every `log_every_steps` the step metrics are fetched, their losses checked (`guards.LossWatch`),
+averaged and written (TensorBoard, metrics.jsonl, progress bar). A checkpoint is saved, after checking that
+every parameter is finite, every `checkpoint_every_epochs`, before every periodic evaluation, at the end, on
+SIGTERM or Ctrl-C (or the multi-host preemption notice) and at `config.stop_at_step`; the last two stop the
+run, which the same command later resumes. A failed background save raises `checkpoint.CheckpointError` before
+the next log; a diverged loss or parameter raises `guards.TrainingDivergedError` without saving.
 Evaluation runs every `eval_every_epochs` with `eval_clip_selection` and once at the end with
 `final_clip_selection`; the final results go to `<workdir>/results.json` and are returned. A run resumed at a
 step due an evaluation runs that evaluation first, so a run stopped there (a stop saves before evaluating) or
@@ -59,6 +61,8 @@ from lstrl_jax.train import guards
 from lstrl_jax.train import losses
 from lstrl_jax.train import optim
 from lstrl_jax.train import state as state_lib
+from lstrl_jax.train import preflight
+from lstrl_jax.train import workdir as workdir_lib
 from lstrl_jax.train import writers
 
 CLIP_SELECTIONS = ('rrs', 'dense')
@@ -163,6 +167,8 @@ class Run:
     data_iterator: the training batches; a grain iterator with get_state/set_state.
     manager: the checkpoint manager.
     writer: TensorBoard / metrics.jsonl / progress bar.
+    workdir: the locked run directory (`keep()` once the first record is written).
+    loss_watch: the divergence check on every step's loss.
     steps_per_epoch: optimiser steps per epoch.
     total_steps: steps of the whole run.
   """
@@ -175,6 +181,8 @@ class Run:
   data_iterator: Any  # grain.DataLoaderIterator
   manager: ocp.CheckpointManager
   writer: writers.MetricWriter
+  workdir: workdir_lib.Workdir
+  loss_watch: guards.LossWatch
   steps_per_epoch: int
   total_steps: int
 
@@ -200,10 +208,10 @@ class _Throughput:
 
 
 def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, throughput: _Throughput) -> None:
-  """Fetches the metrics of steps first_step+1.., checks the losses are finite, records their means."""
+  """Fetches the metrics of steps first_step+1.., checks the losses (`guards.LossWatch`), records their means."""
   values = jax.device_get(pending)  # waits for the dispatched steps, so the throughput reading includes them
   clips_per_s = throughput.read()
-  guards.check_losses([v['loss'] for v in values], first_step, run.manager)
+  run.loss_watch.check([v['loss'] for v in values], first_step, run.manager)
   step = first_step + len(values)
   means = {k: float(np.mean([v[k] for v in values])) for k in values[0] if k != 'learning_rate'}
   scalars = {f'train/{k}': v for k, v in means.items()}
@@ -211,6 +219,7 @@ def _log_train(run: Run, pending: list[dict[str, jax.Array]], first_step: int, t
   if clips_per_s is not None:
     scalars['train/clips_per_s'] = clips_per_s
   run.writer.write(step, scalars)
+  run.workdir.keep()
   run.writer.show(
       epoch=f'{step / run.steps_per_epoch:.2f}',
       loss=f'{means["loss"]:.4f}',
@@ -238,17 +247,20 @@ def train_loop(
   """Trains from `step` to `run.total_steps` or to a stop request.
 
   Logs, checkpoints and evaluates on the config's cadence (module docstring). A stop request (SIGTERM,
-  preemption, `config.stop_at_step`) saves a checkpoint at the current step and returns; resuming at a step
-  due an evaluation runs it before training on.
+  Ctrl-C, preemption, `config.stop_at_step`) saves a checkpoint at the current step and returns; resuming at
+  a step due an evaluation runs it before training on. A background save is checked after every step
+  (without waiting) and awaited before the next log, so a failed one is reported before that log.
 
   Returns:
     (state, step, stopped early).
 
   Raises:
-    guards.TrainingDivergedError: a NaN/inf loss or parameter; nothing is saved after it.
+    guards.TrainingDivergedError: a diverged loss or a NaN/inf parameter; nothing is saved after it.
+    checkpoint.CheckpointError: a checkpoint could not be written (the message names it, the cause and the
+      last complete checkpoint).
   """
   config = run.config
-  pending, pending_from, first_step = [], step, step
+  pending, pending_from, first_step, saved = [], step, step, None
   throughput = _Throughput(config.num_identities * config.num_instances)
   if _evaluation_due(run, step):
     _evaluate(run, state, config.eval_clip_selection, step)
@@ -257,6 +269,7 @@ def train_loop(
     step += 1
     pending.append(metrics)
     run.writer.advance()
+    saved = None if checkpoint.check_saved(run.manager, saved) else saved
     if step == first_step + 1:  # the first step of a process includes compilation: time from its end
       jax.block_until_ready(metrics)
       throughput.restart()
@@ -267,12 +280,14 @@ def train_loop(
     stop = stop_request.requested(step) or step == config.stop_at_step
     last = step == run.total_steps
     if step % config.log_every_steps == 0 or epoch_done or stop or last:
+      saved = None if checkpoint.check_saved(run.manager, saved, wait=True) else saved
       _log_train(run, pending, pending_from, throughput)
       pending, pending_from = [], step
     due = _evaluation_due(run, step)
     if stop or last or due or (epoch_done and epoch % config.checkpoint_every_epochs == 0):
       guards.check_params(state.params, step, run.manager)
       checkpoint.save(run.manager, step, state, run.data_iterator, config)
+      saved = step
     if stop:
       return state, step, True
     if due:
@@ -323,6 +338,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     TrainingDivergedError: the loss or the parameters became NaN/inf (the last good checkpoint is kept).
   """
   sharding.maybe_initialize_distributed()
+  # First of all, so that a Ctrl-C or SIGTERM while loading is a stop request too (acted on after a step).
+  with guards.StopRequest() as stop_request:
+    return _prepare_and_run(config, workdir, stop_request)
+
+
+def _prepare_and_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                     stop_request: guards.StopRequest) -> dict[str, Any]:
+  """Checks everything, takes the workdir and runs (`train_and_evaluate`)."""
   check_config(config)
   mesh = sharding.make_mesh()
   dataset = load_dataset(config.dataset, config.data_dir, split=config.split, **reader_options(config))
@@ -333,41 +356,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   step_fn = make_train_step(config, learning_rate_fn, mesh)
   tx = optim.make_optimizer(config, steps_per_epoch, lstrl.trainable_mask)
   data_iterator = iter(pipeline.train_loader(dataset, config, seed=config.seed))
-  # Everything above validates the config; only now is anything written.
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  manager = checkpoint.make_manager(workdir, config.max_checkpoints)
-  run = Run(
-      config=config,
-      dataset=dataset,
-      model=model,
-      mesh=mesh,
-      step_fn=step_fn,
-      data_iterator=data_iterator,
-      manager=manager,
-      writer=writers.MetricWriter(workdir, total_steps, initial_step=min(manager.latest_step() or 0, total_steps)),
-      steps_per_epoch=steps_per_epoch,
-      total_steps=total_steps,
+  preflight.check_before_training(config, dataset, model, mesh, pathlib.Path(workdir))
+  # Everything above validates the config and the data; only now is anything written.
+  # Orbax logs a failed background save with tracebacks; check_saved reports it in one line instead.
+  with checkpoint.quiet_orbax(), workdir_lib.Workdir(workdir, active=jax.process_index() == 0) as run_dir:
+    manager = checkpoint.make_manager(run_dir.path, config.max_checkpoints)
+    stop_request.manager = manager
+    run = Run(
+        config=config,
+        dataset=dataset,
+        model=model,
+        mesh=mesh,
+        step_fn=step_fn,
+        data_iterator=data_iterator,
+        manager=manager,
+        writer=writers.MetricWriter(run_dir.path, total_steps,
+                                    initial_step=min(manager.latest_step() or 0, total_steps)),
+        workdir=run_dir,
+        loss_watch=guards.LossWatch(config.max_loss_ratio),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
+    try:
+      return _run(run, tx, stop_request)
+    finally:
+      manager.close()
+      run.writer.close()
+
+
+def _run(run: Run, tx: optax.GradientTransformation, stop_request: guards.StopRequest) -> dict[str, Any]:
+  """Trains, waits for the last save, evaluates and writes results.json; the summary of
+  `train_and_evaluate`, with 'checkpoint' (the saved step's path) when stopped."""
+  config, manager = run.config, run.manager
+  if run.workdir.took_over:
+    run.writer.print_line(
+        f'took over the lock of a process that is gone ({workdir_lib.describe(run.workdir.took_over)})')
+  run.writer.print_line(
+      f'{run.dataset.name}: {len(run.dataset.train)} training tracklets, {run.dataset.num_train_pids} '
+      f'identities; {run.steps_per_epoch} steps/epoch x {config.num_epochs} epochs; global batch '
+      f'{config.num_identities * config.num_instances} clips on {run.mesh.devices.size} device(s)'
   )
+  state, step = _initial_state(run, tx)
+  state, step, stopped = train_loop(run, state, step, stop_request)
+  checkpoint.check_saved(manager, step, wait=True)
+  summary = {'step': step, 'epoch': step / run.steps_per_epoch, 'completed': not stopped}
+  if stopped:
+    return dict(summary, checkpoint=str(manager.directory / str(step)))
   try:
-    with guards.StopRequest(manager) as stop_request:
-      run.writer.print_line(
-          f'{dataset.name}: {len(dataset.train)} training tracklets, {dataset.num_train_pids} identities; '
-          f'{steps_per_epoch} steps/epoch x {config.num_epochs} epochs; global batch '
-          f'{config.num_identities * config.num_instances} clips on {mesh.devices.size} device(s)'
-      )
-      state, step = _initial_state(run, tx)
-      state, step, stopped = train_loop(run, state, step, stop_request)
-    manager.wait_until_finished()
-    summary = {'step': step, 'epoch': step / steps_per_epoch, 'completed': not stopped}
-    if stopped:
-      run.writer.print_line(f'stopped at step {step}; saved {manager.directory / str(step)}; run again to resume')
-      return summary
-    results = _evaluate(run, state, config.final_clip_selection, step)
-    summary.update(clip_selection=config.final_clip_selection, results=results)
-    if jax.process_index() == 0:
-      (workdir / 'results.json').write_text(json.dumps(summary, indent=2, default=_to_json) + '\n')
-    return summary
-  finally:
-    manager.close()
-    run.writer.close()
+    with stop_request.immediately():
+      results = _evaluate(run, state, config.final_clip_selection, step)
+      summary.update(clip_selection=config.final_clip_selection, results=results)
+      if jax.process_index() == 0:
+        staging = run.workdir.path / 'results.json.tmp'
+        staging.write_text(json.dumps(summary, indent=2, default=_to_json) + '\n')
+        staging.replace(run.workdir.path / 'results.json')
+  except guards.Interrupted:
+    return dict(summary, completed=False, checkpoint=str(manager.directory / str(step)))
+  return summary
