@@ -269,13 +269,14 @@ def evaluate(env, *args) -> subprocess.Popen:
 def test_read_only_workdirs_are_refused_before_any_work(env, reference, read_only, tmp_path):
   finished = read_only(pathlib.Path(shutil.copytree(reference, tmp_path / 'finished',
                                                     ignore=shutil.ignore_patterns('2', '4'))))
-  runs = {finished / 'new_run': start(env, finished / 'new_run'), finished: start(env, finished)}
+  new_run, rerun = start(env, finished / 'new_run'), start(env, finished)
   pictures = evaluate(env, f'--ckpt={finished}', '--pictures')
-  for workdir, process in runs.items():
-    _, stderr = finish(process, 1)
-    line = error_line(stderr)
-    assert line.startswith(f'error: {workdir}: run directory not writable: '), line
-    assert 'read-only file system' in line or 'permission denied' in line
+  _, stderr = finish(new_run, 1)
+  line = error_line(stderr)
+  assert line.startswith(f'error: {finished / "new_run"}: run directory not writable: '), line
+  assert 'read-only file system' in line or 'permission denied' in line
+  stdout, _ = finish(rerun, 0)  # a finished run is only named again: nothing to write
+  assert f'{finished}: finished (3 epochs, step 6)' in stdout
   stdout, stderr = finish(pictures, 1)
   assert error_line(stderr).startswith(f'error: {finished}/pictures: pictures folder not writable: ')
   assert 'clip selection' not in stdout  # refused before evaluating

@@ -73,7 +73,7 @@ def test_stats_command_on_layout(shared_data, tmp_path):
                         f'--config.data_dir={root}'], capture_output=True, text=True, cwd=REPO, timeout=120)
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
-  assert lines[2].split() == ['train', '37', '74', '592', '2', '0']
+  assert lines[2].split() == ['train', '37', '74', '592', '2', '0', '0']  # no distractors, no junk
   assert lines[-1].split() == ['cross_camera', '37', '37', '0']
 
 
