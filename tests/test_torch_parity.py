@@ -1,4 +1,4 @@
-"""The Flax LSTRL against an independent PyTorch implementation (benchmarks/torch_lstrl.py, written from DESIGN.md).
+"""The Flax LSTRL against an independent PyTorch implementation (reference/torch_lstrl.py, written from DESIGN.md).
 
 Every variable of the Flax model (backbone, MAE, BME, BNNeck, classifier) is filled with random values, the
 zero-initialised BatchNorm scales of MAE and BME included, so both branches contribute; the same values are
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import torch_lstrl
+from reference import torch_lstrl
 from lstrl_jax.models import lstrl
 
 BATCH, SEQ_LEN, HEIGHT, WIDTH, NUM_CLASSES = 2, 4, 64, 32, 7

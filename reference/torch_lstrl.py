@@ -1,13 +1,14 @@
 """LSTRL in plain PyTorch: an independent second implementation of DESIGN.md section 1.
 
 Used as the reference in `tests/test_torch_parity.py` (outputs equal to the Flax model's once the same weights
-are loaded) and as the PyTorch side of `benchmarks/model_throughput.py`. Written from DESIGN.md, not from the
+are loaded), in `benchmarks/train_parity.py` (training steps, with `reference/torch_train.py`) and as the
+PyTorch side of `benchmarks/model_throughput.py`. Written from DESIGN.md, not from the
 Flax code (only the module names and the BME ReLU's gradient at 0 follow it): MAE with an explicit softmax
 (the dependency maps D^i are materialised), BME with replicate padding at the clip ends, zero-initialised
 last BatchNorm scales, GAP + TAP, BNNeck (bias frozen at 0) and a bias-free classifier. The backbone is
-`tests/torch_resnet.py` (torchvision's ResNet and keys).
+`reference/torch_resnet.py` (torchvision's ResNet and keys).
 
-Import from the repository root (`python -m benchmarks.model_throughput`, `python -m pytest`).
+Import from the repository root (`python -m benchmarks.train_parity`, `python -m pytest`).
 """
 
 from typing import Any, Mapping
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.torch_resnet import ResNet
+from reference.torch_resnet import ResNet
 
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck width of layer1..layer4 (output width / expansion)
 
