@@ -111,8 +111,8 @@ def load_batches(dataset, config, seed: int, steps: int) -> list[dict[str, np.nd
 class JaxSide:
   """The project's trainer: `make_train_step` on a fresh `TrainState` holding `variables`.
 
-  dtype 'bfloat16' is `config.model.dtype`; 'float64' (inside `jax.enable_x64`) computes the backbone, MAE
-  and BME with float64 parameters (the head and losses stay float32, as the model and losses are written).
+  dtype 'bfloat16' is `config.model.dtype`; 'float64' (inside `jax.enable_x64`) computes everything, losses
+  included, with float64 parameters (the uint8 clips are normalised in float32, as the trainer does).
   """
 
   def __init__(self, config, dtype: str, variables: dict[str, Any], num_classes: int, steps_per_epoch: int):
@@ -268,7 +268,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
   print(f'\nafter {args.steps} steps ({seconds:.0f} s): relative difference ||sub - ref|| / ||ref|| per group')
   print(f'{"group":<16} {"params":>10} {"change":>10} {"run. mean":>10} {"run. var":>10} {"moved":>10}')
   for row in groups:
-    stats = ' '.join(f'{row[k]:>10.2e}' if row[k] is not None else f'{"-":>10}' for k in ('running_mean', 'running_var'))
+    stats = ' '.join(f'{row[k]:>10.2e}' if row[k] is not None else f'{"-":>10}'
+                     for k in ('running_mean', 'running_var'))
     print(f'{row["group"]:<16} {row["param"]:>10.2e} {row["change"]:>10.2e} {stats} {row["moved"]:>10.2e}')
   step_1 = max(losses[0][t][2] for t in LOSS_TERMS)
   worst = max(row[t][2] for row in losses for t in LOSS_TERMS)
