@@ -29,9 +29,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize(clips: np.ndarray) -> torch.Tensor:
-  """uint8 clips `[B, T, H, W, 3]` -> float32 `[B, T, 3, H, W]`, (x / 255 - mean) / std (torchvision order)."""
-  x = torch.from_numpy(np.asarray(clips)).float().div(255.0)
-  x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+  """uint8 clips `[B, T, H, W, 3]` -> float32 `[B, T, 3, H, W]`, ImageNet mean/std normalisation.
+
+  Computed as (x - 255 mean) * (1 / (255 std)) in float32, which is what XLA makes of
+  `lstrl_jax.data.pipeline.normalize`, so both frameworks see bit-identical inputs: torchvision's
+  (x / 255 - mean) / std differs in the last bit, and training here is chaotic enough (README "Faithfulness")
+  that a 1e-7 input difference grows to 1e-4 in the loss by the second step.
+  """
+  x = torch.from_numpy(np.asarray(clips)).float()
+  x = (x - torch.tensor(IMAGENET_MEAN) * 255) * (1 / (torch.tensor(IMAGENET_STD) * 255))
   return x.permute(0, 1, 4, 2, 3).contiguous()
 
 
