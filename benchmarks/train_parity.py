@@ -127,7 +127,8 @@ class JaxSide:
     self.model = lstrl.model_from_config(config.model, num_classes)
     if dtype == 'float64':
       self.model = self.model.clone(dtype=jnp.float64, param_dtype=jnp.float64)
-      variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
+    # A copy: the jitted step donates its state, which would delete arrays another side still holds.
+    variables = jax.tree.map(lambda x: jnp.array(x, self.dtype), variables)
     tx = optim.make_optimizer(config, steps_per_epoch, lstrl.trainable_mask)
     self.state = state_lib.TrainState.create(apply_fn=self.model.apply, params=variables['params'], tx=tx,
                                              batch_stats=variables['batch_stats'])
