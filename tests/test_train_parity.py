@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import train_parity
 
-STEP_1_LOSS_TOLERANCE = 1e-4  # the issue's; measured: see /work/notes/issue14.md
+STEP_1_LOSS_TOLERANCE = 1e-4  # the issue's; measured: loss 2e-6, state 3e-5 (64x48, P4xK2)
 STEP_1_STATE_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-2
 
