@@ -17,7 +17,6 @@ device 0's replica's buffers).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -116,12 +115,10 @@ def forward(model: nn.Module, clips: torch.Tensor, replicas: int = 1) -> dict[st
     raise ValueError(f'replicas: {replicas} does not divide the batch of {clips.shape[0]} clips')
   chunks = clips.chunk(replicas)
   outputs = [model(chunks[0])]
-  if replicas > 1:
-    buffers = copy.deepcopy(dict(model.named_buffers()))
-    outputs += [model(chunk) for chunk in chunks[1:]]
-    with torch.no_grad():
-      for name, buffer in model.named_buffers():
-        buffer.copy_(buffers[name])
+  parameters = dict(model.named_parameters())
+  for chunk in chunks[1:]:  # the other replicas: shared parameters, their own copy of the buffers
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    outputs.append(torch.func.functional_call(model, {**parameters, **buffers}, (chunk,)))
   return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
 
