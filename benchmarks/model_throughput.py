@@ -8,7 +8,7 @@ alone. Phases, both fed uint8 clips `[B, T, H, W, 3]` normalised inside the time
   forward: eval-mode network (`train=False`), jitted in JAX, `torch.inference_mode()` in PyTorch;
   train:   forward + label-smoothed CE + batch-hard triplet + backward + Adam update. JAX runs the trainer's
            own step (`lstrl_jax.train.trainer.make_train_step`: jitted, state donated); PyTorch the same
-           objective and `torch.optim.Adam(weight_decay=5e-4)` on `benchmarks/torch_lstrl.py`.
+           objective and `torch.optim.Adam(weight_decay=5e-4)` on `reference/torch_lstrl.py`.
 PyTorch uses channels_last frames and weights; `--dtype bfloat16` means the Flax model's compute dtype and
 `torch.autocast('cpu', torch.bfloat16)`. Both models hold the same weights (Flax -> PyTorch transfer).
 The reported time is the median over `--repeats` calls after `--warmup` calls (JAX: compile + warm-up).
@@ -153,7 +153,7 @@ def run_torch(args: argparse.Namespace, phase: str) -> tuple[float, float]:
   import torch
   from torch.nn import functional as F
 
-  from benchmarks import torch_lstrl
+  from reference import torch_lstrl
 
   from safetensors.numpy import load_file
 
@@ -210,7 +210,7 @@ def save_torch_weights(args: argparse.Namespace, path: str) -> None:
   """
   from safetensors.numpy import save_file
 
-  from benchmarks import torch_lstrl
+  from reference import torch_lstrl
 
   save_file(torch_lstrl.state_dict_from_flax(flax_variables(flax_model(args), args)), path)
 

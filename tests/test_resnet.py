@@ -118,7 +118,8 @@ def test_batch_norm_momentum_and_epsilon_match_pytorch():
   y, updated = jax.jit(lambda v, x: module.apply(v, x, mutable=['batch_stats']))(variables, x)
   mean, var = x.reshape(-1, 5).mean(0), x.reshape(-1, 5).var(0)
   np.testing.assert_allclose(updated['batch_stats']['mean'], 0.1 * mean, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(updated['batch_stats']['var'], 0.9 + 0.1 * var, rtol=1e-5)
+  unbiased = x.reshape(-1, 5).var(0, ddof=1)  # PyTorch's running variance takes the unbiased batch variance
+  np.testing.assert_allclose(updated['batch_stats']['var'], 0.9 + 0.1 * unbiased, rtol=1e-5)
   np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""The Flax LSTRL against an independent PyTorch implementation (benchmarks/torch_lstrl.py, written from DESIGN.md).
+"""The Flax LSTRL against an independent PyTorch implementation (reference/torch_lstrl.py, written from DESIGN.md).
 
 Every variable of the Flax model (backbone, MAE, BME, BNNeck, classifier) is filled with random values, the
 zero-initialised BatchNorm scales of MAE and BME included, so both branches contribute; the same values are
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import torch_lstrl
+from reference import torch_lstrl
 from lstrl_jax.models import lstrl
 
 BATCH, SEQ_LEN, HEIGHT, WIDTH, NUM_CLASSES = 2, 4, 64, 32, 7
@@ -24,22 +24,6 @@ def relative_error(actual, expected) -> float:
   """||actual - expected|| / ||expected|| (Frobenius)."""
   expected = np.asarray(expected)
   return float(np.linalg.norm(np.asarray(actual) - expected) / np.linalg.norm(expected))
-
-
-def randomize(variables: dict, rng: np.random.Generator) -> dict:
-  """Random values for every leaf: kernels ~ N(0, 1/fan_in), BN scale and var ~ U(0.5, 1.5), BN bias and mean
-  ~ N(0, 0.1^2); the BNNeck bias stays 0 (frozen by design)."""
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      return rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-    if name in ('scale', 'var'):
-      return rng.uniform(0.5, 1.5, leaf.shape)
-    if path[0].key == 'bnneck' and name == 'bias':
-      return np.zeros(leaf.shape)
-    return rng.normal(0.0, 0.1, leaf.shape)
-
-  return jax.tree_util.tree_map_with_path(lambda p, x: jnp.asarray(draw(p, x), x.dtype), variables)
 
 
 @pytest.fixture(scope='module', params=[('global_to_local', True), ('local_to_local', False)],
@@ -55,7 +39,7 @@ def models(request):
   flax_model = lstrl.LSTRL(num_classes=NUM_CLASSES, **fields)
   clips = jnp.zeros((BATCH, SEQ_LEN, HEIGHT, WIDTH, 3))
   shapes = jax.eval_shape(lambda: flax_model.init(jax.random.key(0), clips, train=False))
-  variables = randomize(shapes, np.random.default_rng(0))
+  variables = torch_lstrl.random_flax_variables(shapes, np.random.default_rng(0))
   torch_model = torch_lstrl.LSTRL(NUM_CLASSES, SEQ_LEN, **fields)
   return flax_model, variables, torch_lstrl.load_flax_variables_(torch_model, variables)
 

@@ -12,7 +12,7 @@ import torch
 
 from lstrl_jax.models import resnet
 from lstrl_jax.models import weights
-from tests import torch_resnet
+from reference import torch_resnet
 
 HEIGHT, WIDTH, BATCH = 64, 32, 2
 

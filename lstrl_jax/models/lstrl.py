@@ -4,7 +4,8 @@ Liu, Zhang, Lu, "Video-based Person Re-identification with Long Short-Term Repre
 Frames are folded into the batch for the backbone (`[B*T, H, W, C]`); after each stage s in `mae_stages` ∪
 `bme_stages` the clip map F `[B, T, h, w, C]` becomes F + MAE(F) + BME(F) (a branch only where enabled).
 Head: GAP over h x w and TAP over T -> f `[B, C_4]`; BNNeck (BatchNorm1d) -> f_bn (the test feature);
-linear classifier without bias on f_bn. The head runs in float32 whatever the compute `dtype`.
+linear classifier without bias on f_bn. The head runs in float32 whatever the compute `dtype` (float64 when
+`dtype` is float64, for the parity checks of `benchmarks/train_parity.py`).
 
 Variables: {'params', 'batch_stats'}. Parameter tree: 'backbone' (the `ResNet`, torchvision names, see
 `lstrl_jax.models.resnet`), 'mae{s}' / 'bme{s}' for each insertion stage s, 'bnneck' {scale, bias},
@@ -93,12 +94,13 @@ class LSTRL(nn.Module):
           bme = BME(self.bme_mode, self.bme_bidirectional, self.dtype, self.param_dtype, name=f'bme{stage}')
           out = out + bme(f, train=train)
         x = out.reshape(x.shape)
-    features = jnp.mean(x.reshape(b, -1, x.shape[-1]), axis=1, dtype=jnp.float32)  # GAP + TAP
-    bn_features = batch_norm(train, jnp.float32, self.param_dtype, name='bnneck')(features)
+    head_dtype = jnp.promote_types(self.dtype, jnp.float32)  # float32, or float64 for parity checks
+    features = jnp.mean(x.reshape(b, -1, x.shape[-1]), axis=1, dtype=head_dtype)  # GAP + TAP
+    bn_features = batch_norm(train, head_dtype, self.param_dtype, name='bnneck')(features)
     logits = nn.Dense(
         self.num_classes,
         use_bias=False,
-        dtype=jnp.float32,
+        dtype=head_dtype,
         param_dtype=self.param_dtype,
         kernel_init=nn.initializers.normal(0.001),
         name='classifier',

@@ -21,10 +21,9 @@ i.e. a numeric key component is joined to the one before it with `_`. Kernels ar
 has no counterpart. torchvision's `fc` is not part of the backbone. Inside `LSTRL` this module is named
 `backbone`, so the paths there start with `params/backbone/`.
 
-BatchNorm matches PyTorch: momentum 0.1 (Flax `momentum=0.9`), eps 1e-5; scale/bias are float32 parameters
-(`param_dtype`), the convolutions compute in `dtype` (e.g. bfloat16). One difference stays: Flax updates the
-running variance with the biased batch variance, PyTorch with the unbiased one (a factor n/(n-1), n values per
-channel: negligible in the backbone, 32/31 for a BatchNorm1d over 32 clips).
+BatchNorm matches PyTorch (`lstrl_jax.models.norm.BatchNorm`: the running variance takes the unbiased batch
+variance, n/(n-1)): momentum 0.1 (Flax `momentum=0.9`), eps 1e-5; scale/bias are float32 parameters
+(`param_dtype`), the convolutions compute in `dtype` (e.g. bfloat16).
 """
 
 from __future__ import annotations
@@ -34,6 +33,8 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from lstrl_jax.models import norm
 
 Dtype = Any
 
@@ -46,7 +47,7 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 def batch_norm(
     train: bool | None, dtype: Dtype, param_dtype: Dtype, name: str | None, zero_scale: bool = False
-) -> nn.BatchNorm:
+) -> norm.BatchNorm:
   """PyTorch-equivalent BatchNorm over the last axis (batch statistics when `train`, running ones otherwise).
 
   Args:
@@ -57,7 +58,7 @@ def batch_norm(
     name: module name (torchvision's, e.g. 'bn1').
     zero_scale: initialise the scale to 0, so the layer first outputs its bias (0).
   """
-  return nn.BatchNorm(
+  return norm.BatchNorm(
       use_running_average=None if train is None else not train,
       momentum=BN_MOMENTUM,
       epsilon=BN_EPSILON,

@@ -1,8 +1,8 @@
 """The two LSTRL training losses (DESIGN.md section 2): label-smoothed cross-entropy and batch-hard triplet.
 
-Both are pure functions of arrays and reduce to a float32 scalar (the mean over the batch), so they run
-unchanged inside the jitted, batch-sharded train step: under `jax.jit` the batch-hard mining sees the whole
-global batch, exactly as a single-GPU PyTorch run would.
+Both are pure functions of arrays and reduce to a float32 scalar (the mean over the batch; float64 for float64
+inputs), so they run unchanged inside the jitted, batch-sharded train step: under `jax.jit` the batch-hard
+mining sees the whole global batch, exactly as a single-GPU PyTorch run would.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def label_smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing
     smoothing: the smoothing factor epsilon in [0, 1) (paper: 0.1).
 
   Returns:
-    float32 scalar, the mean loss in nats.
+    float32 scalar (float64 for float64 logits), the mean loss in nats.
   """
-  logits = logits.astype(jnp.float32)
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), smoothing)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), smoothing)
   return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
@@ -46,9 +46,9 @@ def pairwise_euclidean(x: jax.Array) -> jax.Array:
     x: float `[B, D]` features.
 
   Returns:
-    float32 `[B, B]` distances.
+    float32 `[B, B]` distances (float64 for float64 features).
   """
-  x = x.astype(jnp.float32)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   squared_norms = jnp.sum(jnp.square(x), axis=-1)
   squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * (x @ x.T)
   return jnp.sqrt(jnp.maximum(squared, _MIN_SQUARED_DISTANCE))
@@ -68,7 +68,7 @@ def batch_hard_triplet(features: jax.Array, pids: jax.Array, margin: float) -> j
     margin: the margin in feature-space distance units (paper: 0.3).
 
   Returns:
-    float32 scalar, the mean hinge loss.
+    float32 scalar (float64 for float64 features), the mean hinge loss.
   """
   distances = pairwise_euclidean(features)
   same_pid = pids[:, None] == pids[None, :]

@@ -1,13 +1,14 @@
 """LSTRL in plain PyTorch: an independent second implementation of DESIGN.md section 1.
 
 Used as the reference in `tests/test_torch_parity.py` (outputs equal to the Flax model's once the same weights
-are loaded) and as the PyTorch side of `benchmarks/model_throughput.py`. Written from DESIGN.md, not from the
+are loaded), in `benchmarks/train_parity.py` (training steps, with `reference/torch_train.py`) and as the
+PyTorch side of `benchmarks/model_throughput.py`. Written from DESIGN.md, not from the
 Flax code (only the module names and the BME ReLU's gradient at 0 follow it): MAE with an explicit softmax
 (the dependency maps D^i are materialised), BME with replicate padding at the clip ends, zero-initialised
 last BatchNorm scales, GAP + TAP, BNNeck (bias frozen at 0) and a bias-free classifier. The backbone is
-`tests/torch_resnet.py` (torchvision's ResNet and keys).
+`reference/torch_resnet.py` (torchvision's ResNet and keys).
 
-Import from the repository root (`python -m benchmarks.model_throughput`, `python -m pytest`).
+Import from the repository root (`python -m benchmarks.train_parity`, `python -m pytest`).
 """
 
 from typing import Any, Mapping
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.torch_resnet import ResNet
+from reference.torch_resnet import ResNet
 
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck width of layer1..layer4 (output width / expansion)
 
@@ -70,14 +71,16 @@ class BME(nn.Module):
   itself. F^m = ReLU(BN(upsilon([M^f, M^b]))), BN scale starts at 0; single direction uses M^f only.
   The ReLU passes gradient 1 at exactly 0 (as the Flax model's `relu_open_at_zero`): with the zero-initialised
   BN scale and bias every pre-activation starts at exactly 0, where `F.relu`'s gradient 0 would leave the
-  whole branch untrained forever. Forward values are an ordinary ReLU's.
+  whole branch untrained forever. Forward values are an ordinary ReLU's. `open_relu=False` uses `F.relu`
+  (the paper code's `nn.ReLU`), to measure that difference.
   """
 
-  def __init__(self, channels: int, seq_len: int, mode: str = 'global_to_local', bidirectional: bool = True):
+  def __init__(self, channels: int, seq_len: int, mode: str = 'global_to_local', bidirectional: bool = True,
+               open_relu: bool = True):
     super().__init__()
     if mode not in ('global_to_local', 'local_to_local'):
       raise ValueError(f'bme_mode must be global_to_local or local_to_local, got {mode!r}')
-    self.seq_len, self.mode, self.bidirectional = seq_len, mode, bidirectional
+    self.seq_len, self.mode, self.bidirectional, self.open_relu = seq_len, mode, bidirectional, open_relu
     self.phi = _conv1x1(channels, channels // 2)
     self.psi = _conv1x1(channels, channels // 2)
     self.upsilon = _conv1x1((2 if bidirectional else 1) * (channels // 2), channels)
@@ -97,7 +100,7 @@ class BME(nn.Module):
       motions.append(query * preceding)
     m = torch.cat(motions, dim=2).reshape(bt, -1, h, w)
     m = self.bn(self.upsilon(m))
-    return torch.where(m >= 0, m, torch.zeros_like(m))
+    return torch.where(m >= 0, m, torch.zeros_like(m)) if self.open_relu else torch.relu(m)
 
 
 class LSTRL(nn.Module):
@@ -107,13 +110,13 @@ class LSTRL(nn.Module):
   {'features': f `[B, D]`, 'bn_features': f_bn `[B, D]`, 'logits': `[B, num_classes]`}, the same
   dict in train and eval mode (the Flax model's contract). At stage s in `mae_stages`/`bme_stages`,
   F <- F + MAE(F) + BME(F). Submodules are named like the Flax model's: `backbone` (torchvision keys,
-  no `fc`), `mae{s}`, `bme{s}`, `bnneck` (bias frozen at 0), `classifier`.
+  no `fc`), `mae{s}`, `bme{s}`, `bnneck` (bias frozen at 0), `classifier`. `bme_open_relu`: see `BME`.
   """
 
   def __init__(self, num_classes: int, seq_len: int, depth: int = 50, last_stride: int = 1,
                mae_stages: tuple[int, ...] = (2, 3), mae_granularities: tuple[bool, ...] = (True,) * 4,
                bme_stages: tuple[int, ...] = (2, 3), bme_mode: str = 'global_to_local',
-               bme_bidirectional: bool = True):
+               bme_bidirectional: bool = True, bme_open_relu: bool = True):
     super().__init__()
     self.backbone = ResNet(depth, last_stride)
     del self.backbone.fc
@@ -121,7 +124,8 @@ class LSTRL(nn.Module):
     for s in mae_stages:
       setattr(self, f'mae{s}', MAE(STAGE_WIDTHS[s - 1] * expansion, seq_len, mae_granularities))
     for s in bme_stages:
-      setattr(self, f'bme{s}', BME(STAGE_WIDTHS[s - 1] * expansion, seq_len, bme_mode, bme_bidirectional))
+      setattr(self, f'bme{s}', BME(STAGE_WIDTHS[s - 1] * expansion, seq_len, bme_mode, bme_bidirectional,
+                                            bme_open_relu))
     dim = STAGE_WIDTHS[-1] * expansion
     self.bnneck = nn.BatchNorm1d(dim)
     nn.init.zeros_(self.bnneck.bias)
@@ -142,8 +146,8 @@ class LSTRL(nn.Module):
     return {'features': f, 'bn_features': f_bn, 'logits': self.classifier(f_bn)}
 
 
-def state_dict_from_flax(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """PyTorch `LSTRL.state_dict()` entries (without `num_batches_tracked`), float32 numpy, from Flax variables.
+def state_dict_from_flax(variables: Mapping[str, Any], dtype: Any = np.float32) -> dict[str, np.ndarray]:
+  """PyTorch `LSTRL.state_dict()` entries (without `num_batches_tracked`), numpy `dtype`, from Flax variables.
 
   Names: Flax path components become dotted keys (`layer1_0` -> `layer1.0`, kernel/scale -> weight,
   mean/var -> running_mean/running_var, see `lstrl_jax.models.weights.torch_key`); convolution kernels go
@@ -156,7 +160,7 @@ def state_dict_from_flax(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   state = {}
   for collection in ('params', 'batch_stats'):
     for path, value in traverse_util.flatten_dict(dict(variables[collection])).items():
-      value = np.asarray(value, np.float32)
+      value = np.asarray(value, dtype)
       if value.ndim == 4:
         value = value.transpose(HWIO_TO_OIHW)
       elif value.ndim == 2:
@@ -183,3 +187,28 @@ def load_state_dict_(model: LSTRL, state: Mapping[str, np.ndarray]) -> LSTRL:
 def load_flax_variables_(model: LSTRL, variables: Mapping[str, Any]) -> LSTRL:
   """Copies Flax LSTRL variables into `model` in place; returns it. Raises as `load_state_dict_`."""
   return load_state_dict_(model, state_dict_from_flax(variables))
+
+
+def random_flax_variables(variables: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+  """Random values for every leaf of Flax LSTRL variables (or their `jax.ShapeDtypeStruct`s), same dtypes.
+
+  Kernels ~ N(0, 1/fan_in), BN scale and running var ~ U(0.5, 1.5), BN bias and running mean ~ N(0, 0.1^2);
+  the BNNeck bias stays 0 (frozen by design). The zero-initialised last BN scales of MAE and BME become
+  nonzero, so both branches contribute and learn. Random enough that a transposed axis or a swapped mean/var
+  cannot go unnoticed in a comparison.
+  """
+  import jax  # here so that the PyTorch model above loads without JAX
+  import jax.numpy as jnp
+
+  def draw(path, leaf):
+    keys = tuple(k.key for k in path)
+    name = keys[-1]
+    if name == 'kernel':
+      return rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    if name in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, leaf.shape)
+    if keys[-2:] == ('bnneck', 'bias'):
+      return np.zeros(leaf.shape)
+    return rng.normal(0.0, 0.1, leaf.shape)
+
+  return jax.tree_util.tree_map_with_path(lambda p, x: jnp.asarray(draw(p, x), x.dtype), dict(variables))
