@@ -35,6 +35,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lstrl_jax.models.conv import Conv
+
 Dtype = Any
 
 BN_MOMENTUM = 0.9  # Flax convention: running = 0.9 * running + 0.1 * batch (PyTorch momentum 0.1)
@@ -68,20 +70,10 @@ def batch_norm(
   )
 
 
-def conv(features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype, name: str | None) -> nn.Conv:
-  """Bias-free `kernel`x`kernel` convolution with PyTorch's symmetric padding `kernel // 2`."""
-  pad = kernel // 2
-  return nn.Conv(
-      features,
-      (kernel, kernel),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=conv_init,
-      name=name,
-  )
+def conv(features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype, name: str | None) -> Conv:
+  """Bias-free `kernel`x`kernel` convolution with PyTorch's symmetric padding `kernel // 2` (`models.conv.Conv`:
+  XLA's convolution, its kernel gradient one matrix product on CPU for 1x1 and 7x7 kernels)."""
+  return Conv(features, kernel, stride, dtype=dtype, param_dtype=param_dtype, kernel_init=conv_init, name=name)
 
 
 class BasicBlock(nn.Module):
