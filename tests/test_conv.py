@@ -65,6 +65,8 @@ def test_module_matches_flax_conv():
   assert variables['params']['kernel'].shape == (3, 3, 3, 5)
   flax_conv = nn.Conv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False)
   np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x), rtol=1e-6, atol=1e-6)
+  clips = x.reshape(1, 2, 8, 6, 3)  # [B, T, H, W, C] as MAE and BME call it
+  np.testing.assert_allclose(ours.apply(variables, clips), flax_conv.apply(variables, clips), rtol=1e-6, atol=1e-6)
   bf16 = conv.Conv(5, 1, dtype=jnp.bfloat16).apply(variables | {'params': {'kernel': jnp.ones((1, 1, 3, 5))}}, x)
   assert bf16.dtype == jnp.bfloat16
 

@@ -108,8 +108,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Ar
 class Conv(nn.Module):
   """Bias-free `kernel_size` x `kernel_size` convolution, padding `kernel_size // 2` (PyTorch's), via `conv2d`.
 
-  `[N, H, W, C_in] -> [N, H_out, W_out, features]`; parameter `kernel` `[k, k, C_in, features]` in
-  `param_dtype`, inputs and kernel promoted to `dtype` (as `nn.Conv`, whose parameter it mirrors).
+  `[..., H, W, C_in] -> [..., H_out, W_out, features]` (leading axes, e.g. `[B, T]`, are folded into one batch
+  axis, as `nn.Conv` does); parameter `kernel` `[k, k, C_in, features]` in `param_dtype`, inputs and kernel
+  promoted to `dtype` (as `nn.Conv`, whose parameter it mirrors).
   """
 
   features: int
@@ -124,4 +125,5 @@ class Conv(nn.Module):
     shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
     kernel = self.param('kernel', self.kernel_init, shape, self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    return conv2d(x, kernel, self.stride, self.kernel_size // 2)
+    y = conv2d(x.reshape((-1,) + x.shape[-3:]), kernel, self.stride, self.kernel_size // 2)
+    return y.reshape(x.shape[:-3] + y.shape[1:])
