@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from lstrl_jax.evaluation import cpu_ranking
 from lstrl_jax.evaluation import metrics
 
 ALL = tuple(metrics.CONVENTIONS)
@@ -176,6 +177,8 @@ def test_distance_matrix_against_numpy():
   euc = np.linalg.norm(q[:, None].astype(np.float64) - g[None], axis=-1)
   np.testing.assert_allclose(metrics.distance_matrix(q, g, distance='cosine'), cos, atol=1e-6)
   np.testing.assert_allclose(metrics.distance_matrix(q, g, distance='euclidean'), euc, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cpu_ranking.distances(q, g, 'cosine'), cos, atol=1e-6)
+  np.testing.assert_allclose(cpu_ranking.distances(q, g, 'euclidean'), euc, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('convention', ALL)

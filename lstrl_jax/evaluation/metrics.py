@@ -6,8 +6,8 @@ a few `[chunk_size, G]` arrays whatever the gallery size; the `[Q, G]` distance 
 ranking from features. The gallery is never sorted: only the ranks of a query's matches are needed, found
 by `top_k` over the matches and a binary search (`_good_ranks`), O(G log K) per query for K matches.
 On the CPU backend the same scores come from NumPy (`cpu_ranking`: a vectorised sort of each chunk's
-non-matches and a binary search per match), which is several times faster there; the distances of each
-chunk are still the jitted `distance_matrix`, and memory stays at a few `[chunk_size, G]` arrays.
+non-matches and a binary search per match; each chunk's distances by NumPy's BLAS), which is several times
+faster there; memory stays at a few `[chunk_size, G]` arrays.
 Items are ordered by (distance, gallery index): ties keep gallery order, as a stable sort (MATLAB's `sort`,
 NumPy's stable `argsort`) would. Distances must be finite.
 
@@ -330,19 +330,10 @@ def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_p
   """
   _check_distance(distance)
   if _on_cpu():
-    queries = np.asarray(query_features)
-    queries = np.concatenate([queries, np.zeros((-len(queries) % chunk_size,) + queries.shape[1:], queries.dtype)])
-    gallery = jnp.asarray(gallery_features)
-    blocks = (distance_matrix(queries[start:start + chunk_size], gallery, distance=distance)
-              for start in range(0, len(queries), chunk_size))
-    pending = [next(blocks)]
-
-    def chunk_distances(_):  # dispatches the next chunk's distances before the host ranks this one
-      pending.append(next(blocks, None))
-      return np.asarray(pending.pop(0))
-
-    return _host_scores(chunk_distances, q_pids, q_camids, g_pids, g_camids, get_convention(convention),
-                        chunk_size)
+    queries, gallery = np.asarray(query_features), np.asarray(gallery_features)
+    return _host_scores(
+        lambda start: cpu_ranking.distances(queries[start:start + chunk_size], gallery, distance), q_pids,
+        q_camids, g_pids, g_camids, get_convention(convention), chunk_size)
   return _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids,
                                _rule_flags(convention), query_order(q_pids, g_pids), distance, chunk_size,
                                match_bound(q_pids, g_pids))
