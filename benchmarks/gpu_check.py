@@ -220,6 +220,9 @@ def section(results: dict, name: str, run: Callable[[], dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   import jax
+  from absl import flags
+
+  flags.FLAGS.mark_as_parsed()  # grain workers read absl flags; this script takes none of its own
 
   device = jax.devices()[0]
   reduced = args.reduced or device.platform == 'cpu'
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
   for name, values in results.items():
     if name != 'header':
       for key, value in values.items():
-        print(f'{name:<16} {key:<24} {value:.1f}' if isinstance(value, float) else f'{name:<16} {key:<24} {value}')
+        print(f'{name:<16} {key:<24} {value:.4g}' if isinstance(value, float) else f'{name:<16} {key:<24} {value}')
   pathlib.Path(args.out).write_text(json.dumps(results, indent=1, default=str))
   print(f'written: {args.out}')
   return 0

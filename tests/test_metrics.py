@@ -177,8 +177,10 @@ def test_distance_matrix_against_numpy():
   euc = np.linalg.norm(q[:, None].astype(np.float64) - g[None], axis=-1)
   np.testing.assert_allclose(metrics.distance_matrix(q, g, distance='cosine'), cos, atol=1e-6)
   np.testing.assert_allclose(metrics.distance_matrix(q, g, distance='euclidean'), euc, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(cpu_ranking.distances(q, g, 'cosine'), cos, atol=1e-6)
-  np.testing.assert_allclose(cpu_ranking.distances(q, g, 'euclidean'), euc, rtol=1e-5, atol=1e-5)
+  for distance, want in (('cosine', cos), ('euclidean', euc)):
+    blocks = list(cpu_ranking.distance_blocks(q, g, distance, chunk_size=2))
+    assert [len(b) for b in blocks] == [2, 2, 1]
+    np.testing.assert_allclose(np.concatenate(blocks), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('convention', ALL)

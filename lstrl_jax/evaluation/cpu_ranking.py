@@ -14,23 +14,32 @@ Peer: torchreid's `eval_market1501` (argsort of every gallery, then a cumulative
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 
-def distances(query_features: np.ndarray, gallery_features: np.ndarray, distance: str) -> np.ndarray:
-  """float32 `[Q, G]` distances as `metrics.distance_matrix` (1 - cos, or L2), with NumPy's BLAS matmul.
+def distance_blocks(query_features: np.ndarray, gallery_features: np.ndarray, distance: str,
+                    chunk_size: int) -> Iterator[np.ndarray]:
+  """float32 `[chunk_size, G]` rows of the distances of `metrics.distance_matrix` (1 - cos, or L2), in order.
 
-  On the CPU backend NumPy's BLAS multiplies these shapes faster than XLA's CPU dot. `distance` is 'cosine'
-  or 'euclidean' (checked by the caller).
+  Computed with NumPy's BLAS matmul (faster than XLA's CPU dot for these shapes); the gallery is normalised
+  (cosine) or its squared norms taken (euclidean) once. `distance`: 'cosine' or 'euclidean' (checked by the
+  caller); features float `[Q, D]` and `[G, D]`. The last block has the remaining rows.
   """
   q = np.asarray(query_features, np.float32)
   g = np.asarray(gallery_features, np.float32)
   if distance == 'cosine':
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    return 1.0 - q @ g.T
-  squared = np.sum(q * q, axis=1)[:, None] + np.sum(g * g, axis=1)[None, :] - 2.0 * (q @ g.T)
-  return np.sqrt(np.maximum(squared, 0.0))
+  g_squared = np.sum(g * g, axis=1)[None, :]
+  for start in range(0, len(q), chunk_size):
+    block = q[start:start + chunk_size]
+    dot = block @ g.T
+    if distance == 'cosine':
+      yield 1.0 - dot
+    else:
+      yield np.sqrt(np.maximum(np.sum(block * block, axis=1)[:, None] + g_squared - 2.0 * dot, 0.0))
 
 
 def chunk_scores(distances: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray,

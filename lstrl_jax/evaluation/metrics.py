@@ -271,16 +271,16 @@ def _on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 
 
-def _host_scores(chunk_distances, q_pids, q_camids, g_pids, g_camids, rule: Convention,
+def _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, rule: Convention,
                  chunk_size: int) -> dict[str, np.ndarray]:
-  """`cpu_ranking.chunk_scores` over query chunks; `chunk_distances(start)` gives rows start.. of `[Q, G]`."""
+  """`cpu_ranking.chunk_scores` over query chunks; `blocks` yields the `[chunk_size, G]` distance rows in order."""
   q_pids, q_camids, g_pids, g_camids = (np.asarray(x) for x in (q_pids, q_camids, g_pids, g_camids))
   num_query = len(q_pids)
   ap, first, num_matches = np.zeros(num_query, np.float32), np.zeros(num_query, np.int32), np.zeros(
       num_query, np.int32)
   for start in range(0, num_query, chunk_size):
     rows = slice(start, start + chunk_size)
-    distances = chunk_distances(start)[:len(q_pids[rows])]
+    distances = next(blocks)
     ap[rows], first[rows], num_matches[rows] = cpu_ranking.chunk_scores(
         distances, q_pids[rows], q_camids[rows], g_pids, g_camids, rule.unlabeled_junk, rule.trapezoid_ap)
   return {'ap': ap, 'first_match_rank': first, 'num_matches': num_matches}
@@ -306,8 +306,8 @@ def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, conv
   """
   if _on_cpu():
     host = np.asarray(distances)
-    return _host_scores(lambda start: host[start:start + chunk_size], q_pids, q_camids, g_pids, g_camids,
-                        get_convention(convention), chunk_size)
+    blocks = (host[start:start + chunk_size] for start in range(0, len(host), chunk_size))
+    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention), chunk_size)
   return _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, _rule_flags(convention),
                                 query_order(q_pids, g_pids), chunk_size, match_bound(q_pids, g_pids))
 
@@ -330,10 +330,8 @@ def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_p
   """
   _check_distance(distance)
   if _on_cpu():
-    queries, gallery = np.asarray(query_features), np.asarray(gallery_features)
-    return _host_scores(
-        lambda start: cpu_ranking.distances(queries[start:start + chunk_size], gallery, distance), q_pids,
-        q_camids, g_pids, g_camids, get_convention(convention), chunk_size)
+    blocks = cpu_ranking.distance_blocks(query_features, gallery_features, distance, chunk_size)
+    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention), chunk_size)
   return _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids,
                                _rule_flags(convention), query_order(q_pids, g_pids), distance, chunk_size,
                                match_bound(q_pids, g_pids))
