@@ -6,8 +6,8 @@ a few `[chunk_size, G]` arrays whatever the gallery size; the `[Q, G]` distance 
 ranking from features. The gallery is never sorted: only the ranks of a query's matches are needed, found
 by `top_k` over the matches and a binary search (`_good_ranks`), O(G log K) per query for K matches.
 On the CPU backend the same scores come from NumPy (`cpu_ranking`: a vectorised sort of each chunk's
-non-matches and a binary search per match; each chunk's distances by NumPy's BLAS), which is several times
-faster there; memory stays at a few `[chunk_size, G]` arrays.
+non-matches and a binary search per match; distances by NumPy's BLAS in blocks of `HOST_MATMUL_ROWS`
+queries), which is several times faster there; memory stays at a few `[max(chunk_size, 512), G]` arrays.
 Items are ordered by (distance, gallery index): ties keep gallery order, as a stable sort (MATLAB's `sort`,
 NumPy's stable `argsort`) would. Distances must be finite.
 
@@ -39,6 +39,9 @@ from lstrl_jax.evaluation import cpu_ranking
 DISTANCES = ('cosine', 'euclidean')
 CMC_RANKS = (1, 5, 10, 20)
 DEFAULT_CHUNK_SIZE = 128
+# On the CPU backend, query rows per distance block: BLAS needs about this many rows to reach its full-matrix
+# speed (128-row blocks took 1.9x the CPU time of one [Q, G] product; 512 rows 1.1x, benchmarks/README.md).
+HOST_MATMUL_ROWS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,18 +274,18 @@ def _on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 
 
-def _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, rule: Convention,
-                 chunk_size: int) -> dict[str, np.ndarray]:
-  """`cpu_ranking.chunk_scores` over query chunks; `blocks` yields the `[chunk_size, G]` distance rows in order."""
+def _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, rule: Convention) -> dict[str, np.ndarray]:
+  """`cpu_ranking.chunk_scores` over `blocks`, which yields consecutive row blocks of the `[Q, G]` distances."""
   q_pids, q_camids, g_pids, g_camids = (np.asarray(x) for x in (q_pids, q_camids, g_pids, g_camids))
   num_query = len(q_pids)
   ap, first, num_matches = np.zeros(num_query, np.float32), np.zeros(num_query, np.int32), np.zeros(
       num_query, np.int32)
-  for start in range(0, num_query, chunk_size):
-    rows = slice(start, start + chunk_size)
-    distances = next(blocks)
+  start = 0
+  for distances in blocks:
+    rows = slice(start, start + len(distances))
     ap[rows], first[rows], num_matches[rows] = cpu_ranking.chunk_scores(
         distances, q_pids[rows], q_camids[rows], g_pids, g_camids, rule.unlabeled_junk, rule.trapezoid_ap)
+    start += len(distances)
   return {'ap': ap, 'first_match_rank': first, 'num_matches': num_matches}
 
 
@@ -307,7 +310,7 @@ def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, conv
   if _on_cpu():
     host = np.asarray(distances)
     blocks = (host[start:start + chunk_size] for start in range(0, len(host), chunk_size))
-    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention), chunk_size)
+    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention))
   return _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, _rule_flags(convention),
                                 query_order(q_pids, g_pids), chunk_size, match_bound(q_pids, g_pids))
 
@@ -330,8 +333,9 @@ def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_p
   """
   _check_distance(distance)
   if _on_cpu():
-    blocks = cpu_ranking.distance_blocks(query_features, gallery_features, distance, chunk_size)
-    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention), chunk_size)
+    rows = max(chunk_size, HOST_MATMUL_ROWS)
+    blocks = cpu_ranking.distance_blocks(query_features, gallery_features, distance, rows)
+    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention))
   return _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids,
                                _rule_flags(convention), query_order(q_pids, g_pids), distance, chunk_size,
                                match_bound(q_pids, g_pids))
