@@ -7,7 +7,8 @@ MARS's real queries (1,980) against two galleries: 'torchreid' (9,330 tracklets,
 'paper' (11,310, `paper` convention); pids and camids from the official info/ files, read with the MARS
 reader; random 2048-d features, cosine distance. Timed twice: from features (every side includes the distance
 computation; JAX never builds the [Q, G] matrix) and ranking only (given the distance matrix). Sides:
-  - jax: `metrics.scores_from_features` / `scores_from_distances` + `summarize`, after compilation;
+  - jax: `metrics.scores_from_features` / `scores_from_distances` + `summarize` (the project's evaluator; on
+    the CPU backend that is its NumPy path, `evaluation.cpu_ranking`, elsewhere the jitted program);
   - torchreid: `rank_cy.evaluate_cy` (torchreid's Cython `eval_market1501_cy`, what
     `torchreid.metrics.evaluate_rank(..., use_cython=True)` calls), from features after NumPy distances. The
     PyPI `torchreid` (0.2.5, the torchreid-pip fork) ships no Cython extension, so `--torchreid_cy` names a
