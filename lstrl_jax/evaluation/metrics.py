@@ -291,7 +291,7 @@ def _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, rule: Convention) -
 
 def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, convention: str,
                           chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, jnp.ndarray]:
-  """Per-query ranking scores from a precomputed (e.g. re-ranked) distance matrix (jitted).
+  """Per-query ranking scores from a precomputed (e.g. re-ranked) distance matrix (jitted; NumPy on CPU).
 
   Args:
     distances: float `[Q, G]`, smaller is more similar.
@@ -318,7 +318,7 @@ def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, conv
 def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, *,
                          convention: str, distance: str = 'cosine',
                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, jnp.ndarray]:
-  """Per-query ranking scores from features, one `[chunk_size, G]` distance block at a time (jitted).
+  """Per-query ranking scores from features, one distance block at a time (jitted; NumPy on CPU).
 
   Args:
     query_features: float `[Q, D]`; gallery_features: float `[G, D]`.
