@@ -9,13 +9,15 @@ forward value is `lax.conv_general_dilated` on every backend; only its VJP diffe
   - kernel gradient on CPU: im2col, `dW[i, j, c, o] = sum_{n, p, q} x_pad[n, s p + i, s q + j, c] g[n, p, q, o]`,
     computed as `patches^T @ g` with `patches` `[N H_out W_out, k k C_in]` (for a 1x1 kernel `patches` is `x`
     itself, strided). XLA's CPU kernel-gradient convolution is 4-20x slower than PyTorch's on the large, narrow
-    maps of the stem and layer1 (`benchmarks/conv_backward.py`, benchmarks/README.md); one GEMM is not;
+    maps of layer1 (`benchmarks/conv_backward.py`, benchmarks/README.md); one GEMM is not;
   - kernel gradient on any other backend (GPU, TPU): XLA's own, the same HLO as `jax.grad` of the plain
     convolution (`lax.platform_dependent` keeps only that branch when lowering for them).
 
-The im2col buffer holds `k*k` copies of the (strided) input: 49 x the 3-channel stem input, 9 x for a 3x3, so
-`CPU_IM2COL_KERNELS` names the kernel sizes that take this path (1 and 7: the stem and all 1x1 convolutions;
-3x3 gradients stay XLA's, see benchmarks/README.md). dtypes: any float; the product accumulates in the inputs'
+The im2col buffer holds `k*k` copies of the (strided) input (49 x the 3-channel stem input, 9 x for a 3x3), so
+`CPU_IM2COL_KERNELS` names the kernel sizes that take this path: only 1 (every 1x1 convolution, no copy). The
+stem's im2col gradient was faster than XLA's at load 13 but 2-3.6x slower at load 6-8, and layer1's 3x3 one
+slower throughout (benchmarks/README.md), so 3x3 and 7x7 kernel gradients stay XLA's; `im2col_kernel_grad`
+handles any size. dtypes: any float; the product accumulates in the inputs'
 dtype as XLA's convolution does.
 
 `Conv` is the Flax module over it, a drop-in for the `nn.Conv` the ResNet used: parameter `kernel` of the same
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 
 Dtype = Any
 DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
-CPU_IM2COL_KERNELS = (1, 7)
+CPU_IM2COL_KERNELS = (1,)
 
 
 def xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:

@@ -72,7 +72,7 @@ def batch_norm(
 
 def conv(features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype, name: str | None) -> Conv:
   """Bias-free `kernel`x`kernel` convolution with PyTorch's symmetric padding `kernel // 2` (`models.conv.Conv`:
-  XLA's convolution, its kernel gradient one matrix product on CPU for 1x1 and 7x7 kernels)."""
+  XLA's convolution, its kernel gradient one matrix product on CPU for 1x1 kernels)."""
   return Conv(features, kernel, stride, dtype=dtype, param_dtype=param_dtype, kernel_init=conv_init, name=name)
 
 
