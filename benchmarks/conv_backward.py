@@ -6,6 +6,8 @@ A diagnostic for the train-step gap in `benchmarks/model_throughput.py`. Each ro
 ResNet-50 backbone at 256x128 input (last stride 1) on `--frames` frames, float32:
   - JAX: jitted `lax.conv_general_dilated` (NHWC/HWIO), and `jax.grad` of its sum with respect to the input
     (dX) and to the kernel (dW). The gradient of a sum needs no forward output, so XLA computes dX and dW alone.
+    "im2col dW" is `benchmarks.im2col_conv.im2col_kernel_grad` (one matrix product over the im2col patches),
+    the kernel gradient `conv2d` uses on CPU for the kernel sizes in `conv.CPU_IM2COL_KERNELS`.
   - PyTorch: `conv2d` on a channels_last tensor under `no_grad`, and `autograd.grad` of its sum with respect
     to the input and to the weight; torch records the forward to differentiate, so its gradient columns
     include one forward, which is subtracted to give dX and dW.
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.model_throughput import time_calls
+from benchmarks import im2col_conv as lstrl_conv
 
 _FRAMES = flags.DEFINE_integer('frames', 8, 'Frames per call (the batch of every convolution).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls after one warm-up.')
@@ -45,8 +48,8 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
   return 1e3 * wall
 
 
-def jax_row(x: np.ndarray, w: np.ndarray, stride: int, repeats: int) -> tuple[float, float, float]:
-  """(forward, dX, dW) ms of the JAX convolution; `x` [N, H, W, C_in], `w` [k, k, C_in, C_out] float32."""
+def jax_row(x: np.ndarray, w: np.ndarray, stride: int, repeats: int) -> tuple[float, float, float, float]:
+  """(forward, dX, dW, im2col dW) ms of the JAX convolution; `x` [N, H, W, C_in], `w` [k, k, C_in, C_out]."""
   def conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -54,7 +57,10 @@ def jax_row(x: np.ndarray, w: np.ndarray, stride: int, repeats: int) -> tuple[fl
   forward = jax.jit(conv)
   grad_x = jax.jit(jax.grad(lambda x, w: conv(x, w).sum(), argnums=0))
   grad_w = jax.jit(jax.grad(lambda x, w: conv(x, w).sum(), argnums=1))
-  return tuple(median_ms(lambda f=f: f(x, w), repeats) for f in (forward, grad_x, grad_w))
+  size = w.shape[0]
+  out = jnp.ones(jax.eval_shape(conv, x, w).shape, x.dtype)
+  im2col = jax.jit(lambda x, w: lstrl_conv.im2col_kernel_grad(x, out, size, stride, size // 2))
+  return tuple(median_ms(lambda f=f: f(x, w), repeats) for f in (forward, grad_x, grad_w, im2col))
 
 
 def torch_row(x: np.ndarray, w: np.ndarray, stride: int, repeats: int) -> tuple[float, float, float]:
@@ -87,13 +93,15 @@ def main(argv):
   torch.set_num_threads(2)
   rng = np.random.default_rng(0)
   print(f'{_FRAMES.value} frames, float32, median of {_REPEATS.value}; ms per call (forward / dX / dW)')
-  print(f'{"convolution":<22}{"JAX fwd":>9}{"dX":>8}{"dW":>8}   {"torch fwd":>9}{"dX":>8}{"dW":>8}   {"dW JAX/torch":>12}')
+  print(f'{"convolution":<22}{"JAX fwd":>9}{"dX":>8}{"dW":>8}{"im2col dW":>10}   {"torch fwd":>9}{"dX":>8}'
+        f'{"dW":>8}   {"dW JAX/torch":>12}{"im2col/torch":>13}')
   for name, height, width, c_in, c_out, kernel, stride in LAYERS:
     x = rng.random((_FRAMES.value, height, width, c_in), np.float32)
     w = (rng.random((kernel, kernel, c_in, c_out), np.float32) - 0.5) * 0.01
     j, t = jax_row(x, w, stride, _REPEATS.value), torch_row(x, w, stride, _REPEATS.value)
-    ratio = j[2] / max(t[2], 1e-3)
-    print(f'{name:<22}{j[0]:9.1f}{j[1]:8.1f}{j[2]:8.1f}   {t[0]:9.1f}{t[1]:8.1f}{t[2]:8.1f}   {ratio:11.1f}x')
+    ratio, im2col_ratio = j[2] / max(t[2], 1e-3), j[3] / max(t[2], 1e-3)
+    print(f'{name:<22}{j[0]:9.1f}{j[1]:8.1f}{j[2]:8.1f}{j[3]:10.1f}   {t[0]:9.1f}{t[1]:8.1f}{t[2]:8.1f}   '
+          f'{ratio:11.1f}x{im2col_ratio:12.1f}x')
 
 
 if __name__ == '__main__':

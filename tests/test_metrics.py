@@ -3,10 +3,18 @@
 import numpy as np
 import pytest
 
+from lstrl_jax.evaluation import cpu_ranking
 from lstrl_jax.evaluation import metrics
 
 ALL = tuple(metrics.CONVENTIONS)
 SKIP_NO_MATCH = ('paper', 'torchreid', 'cross_camera')  # AP3D/TCLNet and torchreid skip; MATLAB counts 0
+
+
+@pytest.fixture(params=['host', 'jitted'])
+def ranking_path(request, monkeypatch):
+  """Runs a test on the CPU backend's NumPy path ('host') and on the jitted accelerator path ('jitted')."""
+  monkeypatch.setattr(metrics, '_on_cpu', lambda: request.param == 'host')
+  return request.param
 
 
 def _evaluate(distances, q_pids, q_camids, g_pids, g_camids, convention, chunk_size=4):
@@ -148,7 +156,7 @@ def test_all_queries_without_match_raise_when_skipped():
 
 
 @pytest.mark.parametrize('convention', ALL)
-def test_ties_keep_gallery_order(convention):
+def test_ties_keep_gallery_order(convention, ranking_path):
   # All distances equal: the match at gallery position 2 ranks third.
   result = _evaluate([[0.3, 0.3, 0.3, 0.3]], [7], [0], [1, 2, 7, 3], [1, 1, 1, 1], convention)
   expected = (0 + 1 / 3) / 2 if convention == 'official' else 1 / 3
@@ -170,10 +178,14 @@ def test_distance_matrix_against_numpy():
   euc = np.linalg.norm(q[:, None].astype(np.float64) - g[None], axis=-1)
   np.testing.assert_allclose(metrics.distance_matrix(q, g, distance='cosine'), cos, atol=1e-6)
   np.testing.assert_allclose(metrics.distance_matrix(q, g, distance='euclidean'), euc, rtol=1e-5, atol=1e-5)
+  for distance, want in (('cosine', cos), ('euclidean', euc)):
+    blocks = list(cpu_ranking.distance_blocks(q, g, distance, chunk_size=2))
+    assert [len(b) for b in blocks] == [2, 2, 1]
+    np.testing.assert_allclose(np.concatenate(blocks), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('convention', ALL)
-def test_random_distances_agree_with_reference(convention):
+def test_random_distances_agree_with_reference(convention, ranking_path):
   rng = np.random.default_rng(1)
   protocol = _random_protocol(rng, num_query=150, num_gallery=400)
   distances = rng.random((150, 400)).astype(np.float32)
@@ -183,7 +195,7 @@ def test_random_distances_agree_with_reference(convention):
 
 
 @pytest.mark.parametrize('convention', ALL)
-def test_random_features_with_ties_agree_with_reference(convention):
+def test_random_features_with_ties_agree_with_reference(convention, ranking_path):
   # Small-integer features: Euclidean distances are exact in float32 and tie often.
   rng = np.random.default_rng(2)
   protocol = _random_protocol(rng, num_query=70, num_gallery=300, num_pids=15, num_cams=3)
@@ -195,6 +207,23 @@ def test_random_features_with_ties_agree_with_reference(convention):
   result = metrics.evaluate_features(qf, gf, *protocol, convention=convention, distance='euclidean',
                                      chunk_size=32)
   _assert_matches_reference(result, distances, protocol, convention)
+
+
+def test_host_and_jitted_paths_give_the_same_per_query_scores(monkeypatch):
+  rng = np.random.default_rng(3)
+  protocol = _random_protocol(rng, num_query=90, num_gallery=200, num_pids=12, num_cams=3)
+  distances = rng.integers(0, 6, (90, 200)).astype(np.float32)  # ties everywhere
+  scores = {}
+  for host in (True, False):
+    monkeypatch.setattr(metrics, '_on_cpu', lambda host=host: host)
+    scores[host] = metrics.scores_from_distances(distances, *protocol, convention='official', chunk_size=16)
+  for key in ('ap', 'first_match_rank', 'num_matches'):
+    np.testing.assert_allclose(scores[True][key], scores[False][key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_query_order_groups_queries_by_gallery_count():
+  # pid 5 has 3 gallery items, pid 7 one, pid 9 none: queries [5, 9, 7, 5] -> 9, 7, then the two 5s in order.
+  np.testing.assert_array_equal(metrics.query_order([5, 9, 7, 5], [5, 7, 5, 5, 2]), [1, 2, 0, 3])
 
 
 def test_top_k_gallery_is_stable():

@@ -1,10 +1,13 @@
 """Ranking metrics for video ReID: distance matrix, mAP and CMC under each scoring convention.
 
 Everything heavy is a pure jitted function. Queries are ranked in chunks of a fixed size (the last chunk
-padded), mapped with `jax.lax.map`, so one compiled shape serves every query set and device memory stays at
+padded; queries grouped by their number of matches, `query_order`), mapped with `jax.lax.map`, so one compiled shape serves every query set and device memory stays at
 a few `[chunk_size, G]` arrays whatever the gallery size; the `[Q, G]` distance matrix is never built when
 ranking from features. The gallery is never sorted: only the ranks of a query's matches are needed, found
 by `top_k` over the matches and a binary search (`_good_ranks`), O(G log K) per query for K matches.
+On the CPU backend the same scores come from NumPy (`cpu_ranking`: a vectorised sort of each chunk's
+non-matches and a binary search per match; distances by NumPy's BLAS in blocks of `HOST_MATMUL_ROWS`
+queries), which is several times faster there; memory stays at a few `[max(chunk_size, 512), G]` arrays.
 Items are ordered by (distance, gallery index): ties keep gallery order, as a stable sort (MATLAB's `sort`,
 NumPy's stable `argsort`) would. Distances must be finite.
 
@@ -38,9 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstrl_jax.evaluation import cpu_ranking
+
 DISTANCES = ('cosine', 'euclidean')
 CMC_RANKS = (1, 5, 10, 20)
 DEFAULT_CHUNK_SIZE = 128
+# On the CPU backend, query rows per distance block: BLAS needs about this many rows to reach its full-matrix
+# speed (128-row blocks took 1.9x the CPU time of one [Q, G] product; 512 rows 1.1x, benchmarks/README.md).
+HOST_MATMUL_ROWS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,13 +121,44 @@ def distance_matrix(query_features: jnp.ndarray, gallery_features: jnp.ndarray, 
   return jnp.sqrt(jnp.maximum(squared, 0.0))
 
 
+def _bisect(distances, match_dist, match_index, num_good, exact: bool):
+  """Matches preceding each item: int32 `[C, G]`, by binary search over each query's sorted matches.
+
+  `exact`: order by (distance, gallery index), two gathers per step; else by distance alone (strictly
+  smaller), one gather per step. The search over a query's `num_good` used slots takes
+  ceil(log2(max num_good + 1)) steps, a traced count, so a chunk of few-match queries stops early.
+  """
+  c, g = distances.shape
+  max_matches = match_dist.shape[1]
+  index = jnp.arange(g)[None, :]
+
+  def step(_, bounds):  # lo: number of matches known to precede each item
+    lo, hi = bounds
+    mid = (lo + hi) // 2
+    at = jnp.minimum(mid, max_matches - 1)
+    md = jnp.take_along_axis(match_dist, at, axis=1)
+    precedes = md < distances
+    if exact:
+      mi = jnp.take_along_axis(match_index, at, axis=1)
+      precedes = precedes | ((md == distances) & (mi < index))
+    active = lo < hi
+    return jnp.where(active & precedes, mid + 1, lo), jnp.where(active & ~precedes, mid, hi)
+
+  most = jnp.max(num_good).astype(jnp.int32)
+  steps = 32 - jax.lax.clz(most)  # bit length of the largest match count: enough halvings of [0, most]
+  bounds = (jnp.zeros((c, g), jnp.int32), jnp.broadcast_to(num_good[:, None].astype(jnp.int32), (c, g)))
+  return jax.lax.fori_loop(0, steps, step, bounds)[0]
+
+
 def _good_ranks(distances, good, valid, max_matches: int):
   """1-based ranks among the valid items of each query's matches, in rank order, without sorting the gallery.
 
   Items are ordered by (distance, gallery index), so ties keep gallery order. The matches (at most
-  `max_matches` per query) are taken in that order with `top_k`; a binary search then counts, for every
-  valid non-match, how many matches precede it, and a histogram of those counts gives the valid
-  non-matches ranked before each match. Cost per query: O(G log max_matches) instead of a sort of G.
+  `max_matches` per query) are taken in that order with `top_k`; a binary search (`_bisect`) then counts, for
+  every valid non-match, how many matches precede it, and a histogram of those counts gives the valid
+  non-matches ranked before each match. Cost per query: O(G log #matches) instead of a sort of G. The search
+  compares distances only (one gather per step) unless a valid non-match has exactly a match's distance, when
+  the chunk is searched again by (distance, index).
 
   Args:
     distances: float `[C, G]`, finite.
@@ -132,26 +171,17 @@ def _good_ranks(distances, good, valid, max_matches: int):
   c, g = distances.shape
   neg, match_index = jax.lax.top_k(jnp.where(good, -distances, -jnp.inf), max_matches)
   slot = jnp.arange(max_matches)
-  in_use = slot[None, :] < jnp.sum(good, axis=1, keepdims=True)
+  num_good = jnp.sum(good, axis=1)
+  in_use = slot[None, :] < num_good[:, None]
   match_dist = jnp.where(in_use, -neg, jnp.inf)
   match_index = jnp.where(in_use, match_index, g)  # unused slots sort after every gallery item
-  index = jnp.arange(g)[None, :]
-
-  def bisect(_, bounds):  # lo: number of matches known to precede each item
-    lo, hi = bounds
-    mid = (lo + hi) // 2
-    at = jnp.minimum(mid, max_matches - 1)
-    md = jnp.take_along_axis(match_dist, at, axis=1)
-    mi = jnp.take_along_axis(match_index, at, axis=1)
-    precedes = (md < distances) | ((md == distances) & (mi < index))  # match `mid` comes before item
-    active = lo < hi
-    return jnp.where(active & precedes, mid + 1, lo), jnp.where(active & ~precedes, mid, hi)
-
-  steps = int(np.ceil(np.log2(max_matches + 1)))
-  bounds = (jnp.zeros((c, g), jnp.int32), jnp.full((c, g), max_matches, jnp.int32))
-  lo, _ = jax.lax.fori_loop(0, steps, bisect, bounds)
-  other = (valid & ~good).astype(jnp.int32)
-  histogram = jnp.zeros((c, max_matches + 1), jnp.int32).at[jnp.arange(c)[:, None], lo].add(other)
+  other = valid & ~good
+  lo = _bisect(distances, match_dist, match_index, num_good, exact=False)
+  at = jnp.take_along_axis(match_dist, jnp.minimum(lo, max_matches - 1), axis=1)
+  tie = jnp.any(other & (lo < num_good[:, None]) & (at == distances))
+  lo = jax.lax.cond(tie, lambda: _bisect(distances, match_dist, match_index, num_good, exact=True), lambda: lo)
+  histogram = jnp.zeros((c, max_matches + 1), jnp.int32).at[jnp.arange(c)[:, None], lo].add(
+      other.astype(jnp.int32))
   ranks = jnp.cumsum(histogram, axis=1)[:, :max_matches] + slot[None, :] + 1
   return ranks, in_use
 
@@ -180,31 +210,49 @@ def _chunk_scores(distances, q_pids, q_camids, g_pids, g_camids, rule, max_match
   return ap, first, num_good
 
 
-def match_bound(q_pids, g_pids) -> int:
-  """A static bound K on any query's matches: the largest same-pid gallery count, rounded up to 2^n (<= G)."""
+def _gallery_counts(q_pids, g_pids) -> np.ndarray:
+  """Number of gallery items with each query's pid, int `[Q]` (host NumPy)."""
   g_pids, q_pids = np.asarray(g_pids), np.asarray(q_pids)
   values, counts = np.unique(g_pids, return_counts=True)
   position = np.clip(np.searchsorted(values, q_pids), 0, max(len(values) - 1, 0))
   found = values[position] == q_pids if len(values) else np.zeros(len(q_pids), bool)
-  most = int(counts[position][found].max()) if found.any() else 1
-  return int(min(1 << (most - 1).bit_length(), max(len(g_pids), 1)))
+  return np.where(found, counts[position] if len(values) else 0, 0)
+
+
+def match_bound(q_pids, g_pids) -> int:
+  """A static bound K on any query's matches: the largest same-pid gallery count, rounded up to 2^n (<= G)."""
+  counts = _gallery_counts(q_pids, g_pids)
+  most = max(int(counts.max()) if counts.size else 1, 1)
+  return int(min(1 << (most - 1).bit_length(), max(len(np.asarray(g_pids)), 1)))
+
+
+def query_order(q_pids, g_pids) -> np.ndarray:
+  """Queries in ascending order of their same-pid gallery count, int32 `[Q]` (stable).
+
+  Chunks are filled in this order, so the queries of a chunk have similar match counts and its binary
+  search (`_bisect`) needs as few steps as its own largest count, not the largest of all queries.
+  """
+  return np.argsort(_gallery_counts(q_pids, g_pids), kind='stable').astype(np.int32)
 
 
 def _pad_chunks(x: jnp.ndarray, chunk_size: int) -> jnp.ndarray:
-  """Pads the leading axis of `[Q, ...]` to a multiple of `chunk_size` and folds it: `[Q', C, ...]`."""
+  """Pads `[Q]` to a multiple of `chunk_size` with its first entry and folds it: `[Q', C]`."""
   pad = -x.shape[0] % chunk_size
-  x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-  return x.reshape((-1, chunk_size) + x.shape[1:])
+  x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,))])
+  return x.reshape(-1, chunk_size)
 
 
-def _map_chunks(score_chunk, query_arrays, num_query: int, chunk_size: int) -> dict[str, jnp.ndarray]:
-  chunks = tuple(_pad_chunks(x, chunk_size) for x in query_arrays)
-  ap, first, num_good = jax.lax.map(lambda c: score_chunk(*c), chunks)
-  return {
-      'ap': ap.reshape(-1)[:num_query],
-      'first_match_rank': first.reshape(-1)[:num_query],
-      'num_matches': num_good.reshape(-1)[:num_query],
-  }
+def _map_chunks(score_chunk, order, query_arrays, chunk_size: int) -> dict[str, jnp.ndarray]:
+  """Scores queries chunk by chunk in `order` (int32 `[Q]`, a permutation), results in query order.
+
+  Each chunk gathers its `[chunk_size, ...]` rows of `query_arrays` (the last chunk padded with query
+  `order[0]`, its results dropped), so no permuted copy of a `[Q, G]` matrix is made.
+  """
+  num_query = order.shape[0]
+  chunks = _pad_chunks(order, chunk_size)
+  ap, first, num_good = jax.lax.map(lambda ids: score_chunk(*(x[ids] for x in query_arrays)), chunks)
+  unsort = lambda x: jnp.zeros(num_query, x.dtype).at[order].set(x.reshape(-1)[:num_query])
+  return {'ap': unsort(ap), 'first_match_rank': unsort(first), 'num_matches': unsort(num_good)}
 
 
 def _rule_flags(convention: str) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -213,24 +261,44 @@ def _rule_flags(convention: str) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 
 @functools.partial(jax.jit, static_argnames=('chunk_size', 'max_matches'))
-def _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, rule, chunk_size, max_matches):
+def _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, rule, order, chunk_size, max_matches):
   score = lambda d, qp, qc: _chunk_scores(d, qp, qc, g_pids, g_camids, rule, max_matches)
-  return _map_chunks(score, (distances, q_pids, q_camids), distances.shape[0], chunk_size)
+  return _map_chunks(score, order, (distances, q_pids, q_camids), chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=('distance', 'chunk_size', 'max_matches'))
-def _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, rule,
+def _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, rule, order,
                           distance, chunk_size, max_matches):
   def score(qf, qp, qc):
     d = distance_matrix(qf, gallery_features, distance=distance)
     return _chunk_scores(d, qp, qc, g_pids, g_camids, rule, max_matches)
 
-  return _map_chunks(score, (query_features, q_pids, q_camids), query_features.shape[0], chunk_size)
+  return _map_chunks(score, order, (query_features, q_pids, q_camids), chunk_size)
+
+
+def _on_cpu() -> bool:
+  """Whether ranking runs on the CPU backend, where `cpu_ranking` (NumPy) replaces the jitted program."""
+  return jax.default_backend() == 'cpu'
+
+
+def _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, rule: Convention) -> dict[str, np.ndarray]:
+  """`cpu_ranking.chunk_scores` over `blocks`, which yields consecutive row blocks of the `[Q, G]` distances."""
+  q_pids, q_camids, g_pids, g_camids = (np.asarray(x) for x in (q_pids, q_camids, g_pids, g_camids))
+  num_query = len(q_pids)
+  ap, first, num_matches = np.zeros(num_query, np.float32), np.zeros(num_query, np.int32), np.zeros(
+      num_query, np.int32)
+  start = 0
+  for distances in blocks:
+    rows = slice(start, start + len(distances))
+    ap[rows], first[rows], num_matches[rows] = cpu_ranking.chunk_scores(
+        distances, q_pids[rows], q_camids[rows], g_pids, g_camids, rule.unlabeled_junk, rule.trapezoid_ap)
+    start += len(distances)
+  return {'ap': ap, 'first_match_rank': first, 'num_matches': num_matches}
 
 
 def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, convention: str,
                           chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, jnp.ndarray]:
-  """Per-query ranking scores from a precomputed (e.g. re-ranked) distance matrix (jitted).
+  """Per-query ranking scores from a precomputed (e.g. re-ranked) distance matrix (jitted; NumPy on CPU).
 
   Args:
     distances: float `[Q, G]`, smaller is more similar.
@@ -246,14 +314,18 @@ def scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, *, conv
   Raises:
     ValueError: unknown convention.
   """
+  if _on_cpu():
+    host = np.asarray(distances)
+    blocks = (host[start:start + chunk_size] for start in range(0, len(host), chunk_size))
+    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention))
   return _scores_from_distances(distances, q_pids, q_camids, g_pids, g_camids, _rule_flags(convention),
-                                chunk_size, match_bound(q_pids, g_pids))
+                                query_order(q_pids, g_pids), chunk_size, match_bound(q_pids, g_pids))
 
 
 def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids, *,
                          convention: str, distance: str = 'cosine',
                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, jnp.ndarray]:
-  """Per-query ranking scores from features, one `[chunk_size, G]` distance block at a time (jitted).
+  """Per-query ranking scores from features, one distance block at a time (jitted; NumPy on CPU).
 
   Args:
     query_features: float `[Q, D]`; gallery_features: float `[G, D]`.
@@ -267,8 +339,13 @@ def scores_from_features(query_features, gallery_features, q_pids, q_camids, g_p
     ValueError: unknown convention or distance.
   """
   _check_distance(distance)
+  if _on_cpu():
+    rows = max(chunk_size, HOST_MATMUL_ROWS)
+    blocks = cpu_ranking.distance_blocks(query_features, gallery_features, distance, rows)
+    return _host_scores(blocks, q_pids, q_camids, g_pids, g_camids, get_convention(convention))
   return _scores_from_features(query_features, gallery_features, q_pids, q_camids, g_pids, g_camids,
-                               _rule_flags(convention), distance, chunk_size, match_bound(q_pids, g_pids))
+                               _rule_flags(convention), query_order(q_pids, g_pids), distance, chunk_size,
+                               match_bound(q_pids, g_pids))
 
 
 def summarize(scores: Mapping[str, jnp.ndarray], convention: str, num_gallery: int,

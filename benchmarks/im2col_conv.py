@@ -1,0 +1,136 @@
+"""Bias-free 2-D convolution whose kernel gradient is one matrix product on the CPU backend: an experiment.
+
+Not used by the model. Swapped into every ResNet/MAE/BME convolution it cut the full LSTRL train step's CPU
+time (790 -> 514 ms/frame) but not its wall time (436 -> 458 ms/frame, old and new back to back at load
+2.5-3.2 on the 2-core Xeon: XLA runs the new products on one core where its convolutions used two) and raised
+the train peak memory by 2-3 % (benchmarks/README.md), so `lstrl_jax.models.resnet` keeps `nn.Conv`.
+
+`conv2d(x, kernel, stride, padding)`: `x` `[N, H, W, C_in]`, `kernel` HWIO `[k, k, C_in, C_out]`, symmetric
+zero padding `padding` pixels, stride `stride` -> `[N, H_out, W_out, C_out]` with
+`H_out = (H + 2 * padding - k) // stride + 1` (PyTorch's `conv2d`, torchvision's ResNet convolutions). The
+forward value is `lax.conv_general_dilated` on every backend; only its VJP differs:
+
+  - input gradient: XLA's own (the transpose of the convolution), everywhere;
+  - kernel gradient on CPU: im2col, `dW[i, j, c, o] = sum_{n, p, q} x_pad[n, s p + i, s q + j, c] g[n, p, q, o]`,
+    computed as `patches^T @ g` with `patches` `[N H_out W_out, k k C_in]` (for a 1x1 kernel `patches` is `x`
+    itself, strided). XLA's CPU kernel-gradient convolution is 4-20x slower than PyTorch's on the large, narrow
+    maps of layer1 (`benchmarks/conv_backward.py`, benchmarks/README.md); one GEMM is not;
+  - kernel gradient on any other backend (GPU, TPU): XLA's own, the same HLO as `jax.grad` of the plain
+    convolution (`lax.platform_dependent` keeps only that branch when lowering for them).
+
+The im2col buffer holds `k*k` copies of the (strided) input (49 x the 3-channel stem input, 9 x for a 3x3), so
+`CPU_IM2COL_KERNELS` names the kernel sizes that take this path: only 1 (every 1x1 convolution, no copy). The
+stem's im2col gradient was faster than XLA's at load 13 but 2-3.6x slower at load 6-8, and layer1's 3x3 one
+slower throughout (benchmarks/README.md), so 3x3 and 7x7 kernel gradients stay XLA's; `im2col_kernel_grad`
+handles any size. dtypes: any float; the product accumulates in the inputs'
+dtype as XLA's convolution does.
+
+`Conv` is the Flax module over it, a drop-in for the `nn.Conv` the ResNet used: parameter `kernel` of the same
+shape, initialiser and dtype handling, so checkpoints and torchvision weight imports are unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+Dtype = Any
+DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+CPU_IM2COL_KERNELS = (1,)
+
+
+def xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """The plain XLA convolution (`[N, H, W, C_in]`, HWIO kernel -> `[N, H_out, W_out, C_out]`)."""
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)), dimension_numbers=DIMENSION_NUMBERS)
+
+
+def im2col_kernel_grad(x: jax.Array, g: jax.Array, size: int, stride: int, padding: int) -> jax.Array:
+  """Kernel gradient `[size, size, C_in, C_out]` of `xla_conv` from its input `x` and output cotangent `g`.
+
+  `x` `[N, H, W, C_in]`, `g` `[N, H_out, W_out, C_out]`. One `dot_general` over the `N H_out W_out` rows of the
+  im2col patches (column order (i, j, c), which is HWIO's); a 1x1 kernel needs no copy beyond the stride.
+  """
+  n, h_out, w_out, c_out = g.shape
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  span_h, span_w = stride * (h_out - 1) + 1, stride * (w_out - 1) + 1
+  columns = [x[:, i:i + span_h:stride, j:j + span_w:stride, :] for i in range(size) for j in range(size)]
+  patches = columns[0] if len(columns) == 1 else jnp.concatenate(columns, axis=-1)
+  patches = patches.reshape(n * h_out * w_out, -1)
+  grad = lax.dot_general(patches, g.reshape(-1, c_out), (((0,), (0,)), ((), ())))
+  return grad.reshape(size, size, x.shape[-1], c_out)
+
+
+def _xla_kernel_grad(x: jax.Array, g: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  _, vjp = jax.vjp(lambda k: xla_conv(x, k, stride, padding), kernel)
+  return vjp(g)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_cpu_grad(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  return xla_conv(x, kernel, stride, padding)
+
+
+def _conv_cpu_grad_fwd(x, kernel, stride, padding):
+  return xla_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_cpu_grad_bwd(stride, padding, residuals, g):
+  x, kernel = residuals
+  _, vjp_x = jax.vjp(lambda x_: xla_conv(x_, kernel, stride, padding), x)
+  grad_x = vjp_x(g)[0]
+  size = kernel.shape[0]
+  grad_kernel = lax.platform_dependent(
+      x, g, kernel,
+      cpu=lambda x_, g_, _: im2col_kernel_grad(x_, g_, size, stride, padding).astype(kernel.dtype),
+      default=lambda x_, g_, k_: _xla_kernel_grad(x_, g_, k_, stride, padding))
+  return grad_x, grad_kernel
+
+
+_conv_cpu_grad.defvjp(_conv_cpu_grad_fwd, _conv_cpu_grad_bwd)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """Convolution of `x` `[N, H, W, C_in]` with a square HWIO `kernel`; see the module docstring.
+
+  The value and the input gradient are XLA's; the kernel gradient is `im2col_kernel_grad` on CPU when the kernel
+  size is in `CPU_IM2COL_KERNELS`, XLA's otherwise (and on every other backend).
+
+  Raises:
+    ValueError: `kernel` is not `[k, k, C_in, C_out]` with `C_in` = `x.shape[-1]`.
+  """
+  if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[2] != x.shape[-1]:
+    raise ValueError(f'conv2d: expected a [k, k, {x.shape[-1]}, C_out] kernel, got shape {kernel.shape}')
+  if kernel.shape[0] in CPU_IM2COL_KERNELS:
+    return _conv_cpu_grad(x, kernel, stride, padding)
+  return xla_conv(x, kernel, stride, padding)
+
+
+class Conv(nn.Module):
+  """Bias-free `kernel_size` x `kernel_size` convolution, padding `kernel_size // 2` (PyTorch's), via `conv2d`.
+
+  `[..., H, W, C_in] -> [..., H_out, W_out, features]` (leading axes, e.g. `[B, T]`, are folded into one batch
+  axis, as `nn.Conv` does); parameter `kernel` `[k, k, C_in, features]` in `param_dtype`, inputs and kernel
+  promoted to `dtype` (as `nn.Conv`, whose parameter it mirrors).
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+    kernel = self.param('kernel', self.kernel_init, shape, self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = conv2d(x.reshape((-1,) + x.shape[-3:]), kernel, self.stride, self.kernel_size // 2)
+    return y.reshape(x.shape[:-3] + y.shape[1:])
