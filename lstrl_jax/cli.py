@@ -16,6 +16,8 @@ the files of `lstrl_jax/configs/`), from any working directory.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import pathlib
 import re
@@ -66,6 +68,12 @@ def fail(message: BaseException | str, status: int = EXIT_ERROR) -> NoReturn:
   """Prints `error: <message>` as one line on stderr and exits with `status`."""
   print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+def module_doc(name: str) -> str:
+  """The docstring of module `name`, read from its source without importing it (a command's `--help` text,
+  so `--help` does not wait for the JAX imports of the module that implements the command)."""
+  return ast.get_docstring(ast.parse(pathlib.Path(importlib.util.find_spec(name).origin).read_text())) or ''
 
 
 def shipped_configs() -> list[str]:

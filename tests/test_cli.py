@@ -77,6 +77,20 @@ MISTAKES = {
     'demo_other_flags': ('lstrl_jax.data.demo', ['--out={data}', '--seed=5'], 1, 'already exists'),
     'pack_usage': ('lstrl_jax.data.pack', ['--config=demo'], 2, 'config.packed_dir is empty'),
     'pack_typo': ('lstrl_jax.data.pack', ['--config=demo', '--config.packed_dri=x'], 2, 'did you mean'),
+    'embed_missing_flag': ('lstrl_jax.embed', ['--ckpt={tmp}', '--out={tmp}/f.npz'], 2, '--tracklets is required'),
+    'embed_enum': ('lstrl_jax.embed', ['--ckpt={tmp}', '--tracklets={tmp}', '--out={tmp}/f.npz',
+                                       '--clip_selection=all'], 2, 'flag --clip_selection=all'),
+    'embed_no_checkpoint': ('lstrl_jax.embed', ['--ckpt={tmp}/none', '--tracklets={data}', '--out={tmp}/f.npz'], 1,
+                            '{tmp}/none'),
+    'search_unknown_flag': ('lstrl_jax.search', ['--query={tmp}/q.npz', '--galery={tmp}/g.npz'], 2,
+                            "Unknown command line flag 'galery'"),
+    'search_top': ('lstrl_jax.search', ['--query={tmp}/q.npz', '--gallery={tmp}/g.npz', '--top=0'], 2,
+                   'flag --top=0'),
+    'search_no_file': ('lstrl_jax.search', ['--query={tmp}/q.npz', '--gallery={tmp}/g.npz'], 1,
+                       '{tmp}/g.npz: cannot read features'),
+    'export_format': ('lstrl_jax.export', ['--ckpt={tmp}', '--format=tflite', '--out={tmp}/m'], 2,
+                      'flag --format=tflite'),
+    'export_missing_flag': ('lstrl_jax.export', ['--ckpt={tmp}', '--format=onnx'], 2, '--out is required'),
 }
 
 
@@ -112,6 +126,9 @@ def test_each_mistake_is_one_line(mistakes, name):
                          '  model:\n    bme_bidirectional: True', '    depth: 18']),
     ('lstrl_jax.eval', ['--ckpt:', '--[no]rerank:', '--rerank_k1:', '(default: 20)', 'may override',
                         '  data_dir: \'data/mars\'', '  augment:\n    erasing_area: (0.02, 0.4)']),
+    ('lstrl_jax.embed', ['Embeds unlabelled tracklets', '--tracklets:', '--clip_selection:']),
+    ('lstrl_jax.search', ['Searches a gallery', '--gallery:', '--top:', '(default: 10)']),
+    ('lstrl_jax.export', ['Exports the trained network', '--format:', '<stablehlo|onnx>']),
 ])
 def test_help_exits_0_with_flags_and_config_tree(tmp_path, module, expected):
   begin = time.perf_counter()

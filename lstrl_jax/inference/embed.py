@@ -18,15 +18,11 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from absl import flags
-from absl import logging
 import numpy as np
 
-from lstrl_jax import cli
 from lstrl_jax import sharding
 from lstrl_jax.evaluation import extract
 from lstrl_jax.inference import common
-from lstrl_jax.train.checkpoint import CheckpointError
 
 
 def embed_arrays(trained: common.Trained, tracklets: str, *, clip_selection: str | None = None,
@@ -88,36 +84,3 @@ def embed(ckpt: str, tracklets: str, out: str, *, clip_selection: str | None = N
   arrays['checkpoint'] = np.asarray(str(ckpt))
   common.write_features(out, arrays)
   return arrays
-
-
-def define_flags() -> None:
-  """Defines the command's flags (only when run as a program, so importing this module defines none)."""
-  flags.DEFINE_string('ckpt', None, 'Training workdir or checkpoint step directory.', required=True)
-  flags.DEFINE_string('tracklets', None, 'Folder whose image-holding sub-folders are the tracklets.', required=True)
-  flags.DEFINE_string('out', None, 'Features file to write (.npz).', required=True)
-  flags.DEFINE_enum('clip_selection', None, ['dense', 'rrs'], 'Clip selection (default: the config\'s final one).')
-  flags.DEFINE_integer('batch_size', 0, 'Clips per step over all devices (0: the config\'s eval_batch_size).')
-
-
-def main(argv) -> None:
-  """Entry point: embeds and prints one line naming the file, tracklet count and feature size."""
-  del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
-  f = flags.FLAGS
-  arrays = embed(f.ckpt, f.tracklets, f.out, clip_selection=f.clip_selection, batch_size=f.batch_size,
-                 progress=True)
-  n, d = arrays['features'].shape
-  print(f'{f.out}: {n} tracklets x {d} features (step {int(arrays["step"])}, {arrays["clip_selection"]} clips)')
-
-
-ERRORS = (ValueError, CheckpointError)  # DatasetError, EvaluationError, FeaturesError are ValueErrors
-
-
-def run() -> None:
-  """`python -m lstrl_jax.embed`: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  cli.run(main, errors=ERRORS, define=define_flags, doc=__doc__)
-
-
-if __name__ == '__main__':
-  run()

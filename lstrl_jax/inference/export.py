@@ -23,17 +23,13 @@ from __future__ import annotations
 import pathlib
 from typing import Callable, Sequence
 
-from absl import flags
-from absl import logging
 import jax
 from jax import lax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
 
-from lstrl_jax import cli
 from lstrl_jax.data import pipeline
 from lstrl_jax.inference import common
-from lstrl_jax.train.checkpoint import CheckpointError
 
 FORMATS = ('stablehlo', 'onnx')
 _CALLS = ('pjit', 'jit', 'closed_call', 'custom_jvp_call', 'custom_vjp_call')  # inlined when rewriting
@@ -133,30 +129,3 @@ def export(ckpt: str, fmt: str, out: str, *, platforms: Sequence[str] | None = N
   trained = common.load_trained(ckpt)
   data = export_stablehlo(trained, platforms) if fmt == 'stablehlo' else export_onnx(trained)
   return common.write_bytes(out, data)
-
-
-def define_flags() -> None:
-  """Defines the command's flags (only when run as a program, so importing this module defines none)."""
-  flags.DEFINE_string('ckpt', None, 'Training workdir or checkpoint step directory.', required=True)
-  flags.DEFINE_enum('format', None, list(FORMATS), 'stablehlo (jax.export) or onnx (jax2onnx).', required=True)
-  flags.DEFINE_string('out', None, 'File to write.', required=True)
-  flags.DEFINE_list('platforms', None, 'StableHLO only: platforms to lower for (e.g. cpu,cuda,tpu).')
-
-
-def main(argv) -> None:
-  """Entry point: exports and prints the file, its input and its output."""
-  del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
-  f = flags.FLAGS
-  path = export(f.ckpt, f.format, f.out, platforms=f.platforms)
-  print(f'{path}: uint8 clips [B, T, H, W, 3] -> float32 features [B, D] ({f.format}, {path.stat().st_size:,} bytes)')
-
-
-def run() -> None:
-  """`python -m lstrl_jax.export`: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  cli.run(main, errors=(ValueError, CheckpointError), define=define_flags, doc=__doc__)
-
-
-if __name__ == '__main__':
-  run()

@@ -24,8 +24,6 @@ from __future__ import annotations
 import functools
 import pathlib
 
-from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +33,6 @@ from lstrl_jax.data import sampling, transforms
 from lstrl_jax.evaluation import metrics, visualize
 from lstrl_jax.evaluation import rerank as rerank_lib
 from lstrl_jax.inference import common, embed
-from lstrl_jax.train.checkpoint import CheckpointError
 
 RERANK_LIMIT = 10_000  # query + gallery tracklets: re-ranking holds several [N, N] float32 matrices
 CHUNK_SIZE = 65_536
@@ -181,40 +178,3 @@ def search(query_path: str, gallery_path: str, *, ckpt: str | None = None, top: 
   else:
     d, index = top_k(query['features'], gallery['features'], k, distance=distance, chunk_size=chunk_size)
   return query, gallery, d, index
-
-
-def define_flags() -> None:
-  """Defines the command's flags (only when run as a program, so importing this module defines none)."""
-  flags.DEFINE_string('query', None, 'Query features (.npz) or a folder of tracklet folders.', required=True)
-  flags.DEFINE_string('gallery', None, 'Gallery features (.npz from embed).', required=True)
-  flags.DEFINE_string('ckpt', None, 'Checkpoint to embed a query folder with.')
-  flags.DEFINE_integer('top', 10, 'Gallery tracklets listed per query.', lower_bound=1)
-  flags.DEFINE_bool('rerank', False, 'k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).')
-  flags.DEFINE_enum('distance', None, list(metrics.DISTANCES), 'Distance (default: the gallery config\'s).')
-  flags.DEFINE_string('sheet', None, 'Write the ranked-results sheet (PNG) here.')
-  flags.DEFINE_integer('sheet_queries', 6, 'Queries drawn on the sheet.', lower_bound=1)
-
-
-def main(argv) -> None:
-  """Entry point: prints each query's ranked gallery names and distances; writes the sheet if asked."""
-  del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
-  f = flags.FLAGS
-  query, gallery, d, index = search(f.query, f.gallery, ckpt=f.ckpt, top=f.top, rerank=f.rerank, distance=f.distance)
-  lines = []
-  for q, name in enumerate(query['names']):
-    lines.append(f'query {name}')
-    lines += [f'  {r + 1:>4}  {d[q, r]:.4f}  {gallery["names"][g]}' for r, g in enumerate(index[q])]
-  print('\n'.join(lines), flush=True)
-  if f.sheet:
-    print(f'sheet: {write_sheet(f.sheet, query, gallery, index, f.sheet_queries)}')
-
-
-def run() -> None:
-  """`python -m lstrl_jax.search`: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  cli.run(main, errors=(ValueError, CheckpointError), define=define_flags, doc=__doc__)
-
-
-if __name__ == '__main__':
-  run()
