@@ -112,4 +112,4 @@ def test_command_bad_input_one_line_exit_1(tmp_path):
   result = _run('--config.dataset=viper', f'--config.data_dir={tmp_path}')
   assert result.returncode == 1 and result.stdout == ''
   assert result.stderr.splitlines() == ["error: dataset 'viper': unknown; expected one of mars, ilidsvid, prid, "
-                                        'lsvid, duke, demo']
+                                        'lsvid, duke, demo, folders']
