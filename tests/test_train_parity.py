@@ -46,5 +46,7 @@ def test_three_steps_match_pytorch_in_float64(shared_data):
   assert result['step_1_state_difference'] < FLOAT64_STEP_1_TOLERANCE
   assert result['max_loss_difference'] < FLOAT64_TOLERANCE
   assert result['max_state_difference'] < FLOAT64_TOLERANCE
+  for ours, theirs in (row['learning_rate'] for row in result['losses']):  # the schedule is float64 too
+    assert ours == pytest.approx(theirs, rel=1e-15)
   for row in result['groups']:
     assert row['moved'] > 1e-5, row
