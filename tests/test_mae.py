@@ -25,6 +25,19 @@ def test_attend_equals_explicit_softmax_form():
   np.testing.assert_allclose(dependency_maps(jnp.asarray(queries), jnp.asarray(x1)), d, rtol=1e-5, atol=1e-7)
 
 
+def test_attend_float64_equals_numpy_float64():
+  """Float64 A = softmax(Q X1ᵀ) X1 stays float64 end to end (the fused attention's softmax is float32)."""
+  rng = np.random.default_rng(2)
+  queries = rng.standard_normal((2, 9, 16)) * 2
+  x1 = rng.standard_normal((2, 40, 16)) * 2
+  expected = _softmax(np.einsum('bnc,bsc->bns', queries, x1)) @ x1
+  with jax.enable_x64(True):
+    got = attend(jnp.asarray(queries, jnp.float64), jnp.asarray(x1, jnp.float64))
+    assert got.dtype == jnp.float64
+    got = np.asarray(got)
+  assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-12
+
+
 def _reference(f, omega1, omega2, scale, bias, granularities):
   """NumPy MAE in eval mode (running mean 0, var 1), written from the paper's equations clip by clip."""
   b, t, h, w, c = f.shape

@@ -9,9 +9,13 @@ Per clip, with F `[T, h, w, C]` and c = C/4:
 A_i = D^i X1 is attention with query X_i, key = value = X1 and scale 1, so all four granularities go through
 one `jax.nn.dot_product_attention` call (queries concatenated along the sequence axis; softmax is per query
 row, so this is exact). The `[THW, THW]` matrix D^1 is never returned by that path; the explicit D^i are
-computed only for pictures, when the 'intermediates' collection is mutable.
+computed only for pictures, when the 'intermediates' collection is mutable. Float64 inputs are the exception:
+`jax.nn.dot_product_attention` (JAX 0.10, `_dot_product_attention_core`) always casts the logits to float32
+for the softmax, a 1e-7 error that float64 step-for-step parity with PyTorch (benchmarks/train_parity.py)
+cannot afford, so float64 uses the explicit softmax(Q X1ᵀ) X1 throughout, in float64.
 
-Sown into 'intermediates' (Flax `sow`, so each value is a 1-tuple), float32, for enabled granularities only:
+Sown into 'intermediates' (Flax `sow`, so each value is a 1-tuple), float32 (float64 for float64 inputs),
+for enabled granularities only:
   D1 `[B, T*h*w, T*h*w]`, D2 `[B, h*w, T*h*w]`, D3 `[B, T, T*h*w]`, D4 `[B, 1, T*h*w]`;
   query index (t, y, x) is row-major (t*h*w + y*w + x), keys likewise.
 """
@@ -67,16 +71,24 @@ def attend(queries: jnp.ndarray, x1: jnp.ndarray) -> jnp.ndarray:
     x1: keys and values X1 `[B, S, c]`, same dtype as `queries`.
 
   Returns:
-    A `[B, N, c]` in the dtype of `queries`; logits and softmax are float32 inside.
+    A `[B, N, c]` in the dtype of `queries`; logits and softmax are float32 inside, except for float64
+    inputs, which take the explicit `dependency_maps` form in float64 (the fused attention's softmax is
+    always float32; module docstring).
   """
   with jax.named_scope('attention'):
+    if queries.dtype == jnp.float64:
+      return jnp.einsum('bns,bsc->bnc', dependency_maps(queries, x1), x1)
     out = jax.nn.dot_product_attention(queries[:, :, None], x1[:, :, None], x1[:, :, None], scale=1.0)
   return out[:, :, 0]
 
 
 def dependency_maps(queries: jnp.ndarray, x1: jnp.ndarray) -> jnp.ndarray:
-  """Explicit D = softmax(Q X1ᵀ) over the key axis, float32 `[B, N, S]` (for visualisation only)."""
-  logits = jnp.einsum('bnc,bsc->bns', queries, x1, preferred_element_type=jnp.float32)
+  """Explicit D = softmax(Q X1ᵀ) over the key axis `[B, N, S]`, float32 (float64 for float64 inputs).
+
+  For visualisation, and the float64 path of `attend`. Q `[B, N, c]`, X1 `[B, S, c]`.
+  """
+  dtype = jnp.promote_types(queries.dtype, jnp.float32)
+  logits = jnp.einsum('bnc,bsc->bns', queries, x1, preferred_element_type=dtype)
   return jax.nn.softmax(logits, axis=-1)
 
 

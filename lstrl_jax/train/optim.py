@@ -40,7 +40,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     steps_per_epoch: optimiser steps in one epoch.
 
   Returns:
-    a jittable function from an int step to a float32 learning rate.
+    a jittable function from an int step to a float32 learning rate (float64 under `jax.enable_x64`, so the
+    float64 parity run of benchmarks/train_parity.py has no float32 rate; optax casts the rate to each
+    update's dtype, so float32 training is unaffected).
   """
   base = config.learning_rate
   warmup = epochs_to_steps(config.warmup_epochs, steps_per_epoch)
@@ -48,12 +50,13 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   factor = config.decay_factor
 
   def schedule(step):
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is enabled
     step = jnp.asarray(step, jnp.int32)
-    lr = jnp.asarray(base, jnp.float32)
+    lr = jnp.asarray(base, dtype)
     if warmup > 0:
-      lr = lr * jnp.minimum(1.0, (step + 1).astype(jnp.float32) / warmup)
+      lr = lr * jnp.minimum(1.0, (step + 1).astype(dtype) / warmup)
     if decay_every > 0:
-      lr = lr * jnp.asarray(factor, jnp.float32) ** (step // decay_every).astype(jnp.float32)
+      lr = lr * jnp.asarray(factor, dtype) ** (step // decay_every).astype(dtype)
     return lr
 
   return schedule
