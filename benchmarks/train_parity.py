@@ -1,12 +1,12 @@
 """Step-for-step parity of the JAX trainer with the PyTorch reference recipe (issue 14, DESIGN.md section 2).
 
-  python -m benchmarks.train_parity --steps 20 --dtype float64 --reference_dtype float64   # the exact form
-  python -m benchmarks.train_parity --steps 20                      # JAX fp32 against PyTorch fp32 (drift)
-  python -m benchmarks.train_parity --steps 20 --reference jax --dtype bfloat16    # bf16 drift against JAX fp32
-  python -m benchmarks.train_parity --steps 20 --zero_branch_scales --torch_relu   # BME ReLU at 0 (README)
-  python -m benchmarks.train_parity --steps 20 --replicas 2         # reference with per-GPU BN on 2 "GPUs"
-  python -m benchmarks.train_parity --steps 20 --reference_seed 1   # reference fed another augmentation stream
-
+  python -m benchmarks.train_parity --steps 20        # the exact form: JAX float64 against PyTorch float64
+  F32="--dtype float32 --reference_dtype float32"
+  python -m benchmarks.train_parity --steps 20 $F32                  # JAX fp32 against PyTorch fp32 (drift)
+  python -m benchmarks.train_parity --steps 20 --reference jax --dtype bfloat16 --reference_dtype float32  # bf16
+  python -m benchmarks.train_parity --steps 20 $F32 --zero_branch_scales --torch_relu   # BME ReLU at 0 (README)
+  python -m benchmarks.train_parity --steps 20 $F32 --replicas 2     # reference with per-GPU BN on 2 "GPUs"
+  python -m benchmarks.train_parity --steps 20 $F32 --reference_seed 1   # reference fed another augmentation stream
 Run from the repository root. Both sides start from the same random variables (`random_flax_variables`:
 every kernel, BN scale and statistic random, the zero-initialised MAE/BME last-BN scales included, so both
 branches learn; `--zero_branch_scales` restores the zeros) and are fed the same uint8 batches, drawn once from
@@ -77,9 +77,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument('--seed', type=int, default=0, help='data and weight seed')
   parser.add_argument('--data_dir', default='../shared/data/pku2cam')
   parser.add_argument('--subject', choices=FRAMEWORKS, default='jax')
-  parser.add_argument('--dtype', choices=DTYPES, default='float32', help='subject dtype (bfloat16: JAX only)')
+  parser.add_argument('--dtype', choices=DTYPES, default='float64', help='subject dtype (bfloat16: JAX only)')
   parser.add_argument('--reference', choices=FRAMEWORKS, default='torch')
-  parser.add_argument('--reference_dtype', choices=('float32', 'float64'), default='float32')
+  parser.add_argument('--reference_dtype', choices=('float32', 'float64'), default='float64')
   parser.add_argument('--zero_branch_scales', action='store_true', help='MAE/BME last-BN scales start at 0')
   parser.add_argument('--torch_relu', action='store_true', help='reference BME with F.relu (gradient 0 at 0)')
   parser.add_argument('--replicas', type=int, default=1, help='reference per-GPU BatchNorm over this many chunks')

@@ -26,7 +26,8 @@ SHORT_RUN = ['--steps', '3', '--seq_len', '2', '--identities', '2', '--instances
 
 
 def test_three_steps_match_pytorch(shared_data, capsys):
-  result = train_parity.main(SHORT_RUN + ['--data_dir', str(shared_data / 'pku2cam')])
+  result = train_parity.main(SHORT_RUN + ['--dtype', 'float32', '--reference_dtype', 'float32',
+                                          '--data_dir', str(shared_data / 'pku2cam')])
   assert result['step_1_difference'] < STEP_1_LOSS_TOLERANCE
   assert result['step_1_state_difference'] < STEP_1_STATE_TOLERANCE
   assert result['max_loss_difference'] < LOSS_TOLERANCE
