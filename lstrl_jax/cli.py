@@ -26,6 +26,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import ml_collections
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
@@ -68,6 +69,22 @@ def fail(message: BaseException | str, status: int = EXIT_ERROR) -> NoReturn:
   """Prints `error: <message>` as one line on stderr and exits with `status`."""
   print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+def checkpoint_errors() -> tuple[type[BaseException], ...]:
+  """The errors of a command that loads a checkpoint and data: ValueError (DatasetError, EvaluationError and
+  FeaturesError are ValueErrors) and CheckpointError, one line and exit status 1. Imported when the command
+  runs, not at `--help` (pass the function itself as `run`'s `errors`)."""
+  from lstrl_jax.train.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+
+  return ValueError, CheckpointError
+
+
+def quiet_logging(level: int) -> None:
+  """Limits absl logging to `level` (e.g. `logging.ERROR`: absl apps log INFO to stderr, and orbax and grain log
+  every save) unless the user passed `--verbosity`."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(level)
 
 
 def module_doc(name: str) -> str:

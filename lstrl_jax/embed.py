@@ -18,20 +18,12 @@ def define_flags() -> None:
   flags.DEFINE_integer('batch_size', 0, 'Clips per step over all devices (0: the config\'s eval_batch_size).')
 
 
-def errors() -> tuple[type[BaseException], ...]:
-  """The user's data, checkpoint and value errors (DatasetError, EvaluationError, FeaturesError are ValueErrors)."""
-  from lstrl_jax.train.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-
-  return ValueError, CheckpointError
-
-
 def main(argv) -> None:
   """Embeds and prints one line naming the file, tracklet count and feature size."""
   del argv  # cli.run refuses positional arguments
   from lstrl_jax.inference import embed  # pylint: disable=g-import-not-at-top
 
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
+  cli.quiet_logging(logging.ERROR)
   f = flags.FLAGS
   arrays = embed.embed(f.ckpt, f.tracklets, f.out, clip_selection=f.clip_selection, batch_size=f.batch_size,
                        progress=True)
@@ -41,7 +33,8 @@ def main(argv) -> None:
 
 def run() -> None:
   """The command: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  cli.run(main, errors=errors, define=define_flags, doc=cli.module_doc('lstrl_jax.inference.embed'))
+  cli.run(main, errors=cli.checkpoint_errors, define=define_flags,
+          doc=cli.module_doc('lstrl_jax.inference.embed'))
 
 
 if __name__ == '__main__':

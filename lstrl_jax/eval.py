@@ -76,8 +76,7 @@ def _integers(values: list[str], flag: str) -> list[int]:
 def main(argv: list[str]) -> None:
   """Evaluates each `--ckpt` and prints its table (and the mean over several)."""
   del argv  # cli.run refuses positional arguments
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)  # absl apps log INFO to stderr; keep errors to one line
+  cli.quiet_logging(logging.ERROR)
   picture_queries = _integers(FLAGS.picture_queries, 'picture_queries')
   picture_pids = _integers(FLAGS.picture_pids, 'picture_pids')
   from lstrl_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top

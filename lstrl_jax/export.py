@@ -17,20 +17,12 @@ def define_flags() -> None:
   flags.DEFINE_list('platforms', None, 'StableHLO only: platforms to lower for (e.g. cpu,cuda,tpu).')
 
 
-def errors() -> tuple[type[BaseException], ...]:
-  """The user's data, checkpoint and value errors (one line, exit status 1)."""
-  from lstrl_jax.train.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-
-  return ValueError, CheckpointError
-
-
 def main(argv) -> None:
   """Exports and prints the file, its input and its output."""
   del argv  # cli.run refuses positional arguments
   from lstrl_jax.inference import export  # pylint: disable=g-import-not-at-top
 
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
+  cli.quiet_logging(logging.ERROR)
   f = flags.FLAGS
   path = export.export(f.ckpt, f.format, f.out, platforms=f.platforms)
   print(f'{path}: uint8 clips [B, T, H, W, 3] -> float32 features [B, D] ({f.format}, '
@@ -39,7 +31,8 @@ def main(argv) -> None:
 
 def run() -> None:
   """The command: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  cli.run(main, errors=errors, define=define_flags, doc=cli.module_doc('lstrl_jax.inference.export'))
+  cli.run(main, errors=cli.checkpoint_errors, define=define_flags,
+          doc=cli.module_doc('lstrl_jax.inference.export'))
 
 
 if __name__ == '__main__':

@@ -21,20 +21,12 @@ def define_flags() -> None:
   flags.DEFINE_integer('sheet_queries', 6, 'Queries drawn on the sheet.', lower_bound=1)
 
 
-def errors() -> tuple[type[BaseException], ...]:
-  """The user's data, checkpoint and value errors (one line, exit status 1)."""
-  from lstrl_jax.train.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-
-  return ValueError, CheckpointError
-
-
 def main(argv) -> None:
   """Prints each query's ranked gallery names and distances; writes the sheet if asked."""
   del argv  # cli.run refuses positional arguments
   from lstrl_jax.inference import search  # pylint: disable=g-import-not-at-top
 
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
+  cli.quiet_logging(logging.ERROR)
   f = flags.FLAGS
   query, gallery, d, index = search.search(f.query, f.gallery, ckpt=f.ckpt, top=f.top, rerank=f.rerank,
                                            distance=f.distance)
@@ -49,7 +41,8 @@ def main(argv) -> None:
 
 def run() -> None:
   """The command: flags, then `main` under the exit-status contract (lstrl_jax.cli)."""
-  cli.run(main, errors=errors, define=define_flags, doc=cli.module_doc('lstrl_jax.inference.search'))
+  cli.run(main, errors=cli.checkpoint_errors, define=define_flags,
+          doc=cli.module_doc('lstrl_jax.inference.search'))
 
 
 if __name__ == '__main__':

@@ -10,7 +10,8 @@ final step of this config) is not trained or evaluated again: one line names its
 else happens in `lstrl_jax.train.trainer.train_and_evaluate`. A bad dataset, config value or checkpoint, a
 workdir in use or unwritable, a failed save or a diverged loss prints one line on stderr and exits with
 status 1; a flag mistake exits 2; a run stopped with a checkpoint saved (SIGTERM, Ctrl-C,
-`config.stop_at_step`) says where and exits with 75 (DESIGN.md section 6). Library logging shows warnings and errors only (`--verbosity=0` for INFO).
+`config.stop_at_step`) says where and exits with 75 (DESIGN.md section 6). Library logging shows warnings
+and errors only (`--verbosity=0` for INFO).
 """
 
 import json
@@ -76,8 +77,7 @@ def errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str]) -> None:
   """Trains `--config` in `--workdir` (or finds it finished) and names results.json."""
   del argv  # cli.run refuses positional arguments
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and grain log every checkpoint save at INFO
+  cli.quiet_logging(logging.WARNING)
   config = FLAGS.config
   absolute_paths(config)
   workdir = pathlib.Path(FLAGS.workdir)
