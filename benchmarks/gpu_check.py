@@ -95,13 +95,8 @@ def train_and_extract(size: dict, dtype: str, peaks, repeats: int) -> dict[str, 
 
   from benchmarks import model_throughput
   from configs import default
-  from lstrl_jax import sharding
   from lstrl_jax.data import pipeline
-  from lstrl_jax.models import lstrl
   from lstrl_jax.models import macs
-  from lstrl_jax.train import optim
-  from lstrl_jax.train import state as state_lib
-  from lstrl_jax.train import trainer
 
   shape = argparse.Namespace(seq_len=size['seq_len'], height=size['height'], width=size['width'], dtype=dtype,
                              depth=size['depth'], baseline=False, num_classes=625)
@@ -114,17 +109,7 @@ def train_and_extract(size: dict, dtype: str, peaks, repeats: int) -> dict[str, 
   rng = np.random.default_rng(0)
   clips = rng.integers(0, 256, (clips_per_step, size['seq_len'], size['height'], size['width'], 3), np.uint8)
   pids = np.repeat(np.arange(size['identities'], dtype=np.int32), size['instances'])
-  mesh = sharding.make_mesh()
-  tx = optim.make_optimizer(config, steps_per_epoch=1, trainable_mask=lstrl.trainable_mask)
-  state = state_lib.create_train_state(model, config, tx, jax.random.key(0), mesh)
-  step = trainer.make_train_step(config, optim.learning_rate_schedule(config, 1), mesh)
-  batch = sharding.shard_batch({'clips': clips, 'pids': pids}, mesh)
-  holder = [state]
-
-  def train_call():
-    holder[0], metrics = step(holder[0], batch)
-    return metrics['loss']
-
+  train_call, holder = model_throughput.jax_train_call(model, config, clips, pids)
   seconds = median_seconds(train_call, repeats)
   result = {'train ms/step': 1e3 * seconds, 'train frames/s': frames_per_step / seconds,
             'train peak memory MiB': peak_memory_mib()}

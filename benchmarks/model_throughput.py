@@ -115,12 +115,7 @@ def run_jax(args: argparse.Namespace, phase: str) -> tuple[float, float]:
   import jax
 
   from configs import default
-  from lstrl_jax import sharding
   from lstrl_jax.data import pipeline
-  from lstrl_jax.models import lstrl
-  from lstrl_jax.train import optim
-  from lstrl_jax.train import state as state_lib
-  from lstrl_jax.train import trainer
 
   model = flax_model(args)
   clips, pids = example_batch(args)
@@ -132,18 +127,40 @@ def run_jax(args: argparse.Namespace, phase: str) -> tuple[float, float]:
   config = default.get_config()
   config.seq_len, config.height, config.width = args.seq_len, args.height, args.width
   config.num_identities, config.num_instances = args.batch, 1
+  train_call, _ = jax_train_call(model, config, clips, pids)
+  return time_calls(lambda: train_call().block_until_ready(), args)
+
+
+def jax_train_call(model, config, clips, pids) -> tuple:
+  """The trainer's own jitted step (`trainer.make_train_step`, state donated) on one fixed batch.
+
+  Args:
+    model: the Flax LSTRL; config: its training config (sizes, P x K); clips: uint8 `[B, T, H, W, 3]`;
+    pids: int32 `[B]`.
+
+  Returns:
+    (call, holder): `call()` runs one step and returns its loss (not blocked on); `holder[0]` is the latest
+    TrainState.
+  """
+  import jax
+
+  from lstrl_jax import sharding
+  from lstrl_jax.models import lstrl
+  from lstrl_jax.train import optim
+  from lstrl_jax.train import state as state_lib
+  from lstrl_jax.train import trainer
+
   mesh = sharding.make_mesh()
   tx = optim.make_optimizer(config, steps_per_epoch=1, trainable_mask=lstrl.trainable_mask)
-  state = state_lib.create_train_state(model, config, tx, jax.random.key(0), mesh)
+  holder = [state_lib.create_train_state(model, config, tx, jax.random.key(0), mesh)]
   step = trainer.make_train_step(config, optim.learning_rate_schedule(config, 1), mesh)
   batch = sharding.shard_batch({'clips': clips, 'pids': pids}, mesh)
-  holder = [state]
 
-  def train_call():
+  def call():
     holder[0], metrics = step(holder[0], batch)
-    metrics['loss'].block_until_ready()
+    return metrics['loss']
 
-  return time_calls(train_call, args)
+  return call, holder
 
 
 def run_torch(args: argparse.Namespace, phase: str) -> tuple[float, float]:
