@@ -5,7 +5,9 @@ r"""Where the CPU train step goes: one convolution's forward, input gradient and
 A diagnostic for the train-step gap in `benchmarks/model_throughput.py`. Each row is one convolution of the
 ResNet-50 backbone at 256x128 input (last stride 1) on `--frames` frames, float32:
   - JAX: jitted `lax.conv_general_dilated` (NHWC/HWIO), and `jax.grad` of its sum with respect to the input
-    (dX) and to the kernel (dW). The gradient of a sum needs no forward output, so XLA computes dX and dW alone.
+    (dX) and to the kernel (dW), compiled with the project's `lstrl_jax.xla_cpu.compiler_options()` (XLA's own
+    convolution kernels; `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution`
+    times jaxlib 0.10.2's default, YNNPACK, instead). The gradient of a sum needs no forward output, so XLA computes dX and dW alone.
     "im2col dW" is `benchmarks.im2col_conv.im2col_kernel_grad` (one matrix product over the im2col patches),
     the kernel gradient `conv2d` uses on CPU for the kernel sizes in `conv.CPU_IM2COL_KERNELS`.
   - PyTorch: `conv2d` on a channels_last tensor under `no_grad`, and `autograd.grad` of its sum with respect
@@ -15,6 +17,7 @@ Figures are medians of --repeats calls after one warm-up, in milliseconds per ca
 """
 
 import argparse
+import functools
 from typing import Callable
 
 from absl import app
@@ -26,6 +29,7 @@ import torch
 
 from benchmarks.model_throughput import time_calls
 from benchmarks import im2col_conv as lstrl_conv
+from lstrl_jax import xla_cpu
 
 _FRAMES = flags.DEFINE_integer('frames', 8, 'Frames per call (the batch of every convolution).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls after one warm-up.')
@@ -54,12 +58,13 @@ def jax_row(x: np.ndarray, w: np.ndarray, stride: int, repeats: int) -> tuple[fl
     return jax.lax.conv_general_dilated(x, w, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   x, w = jnp.asarray(x), jnp.asarray(w)
-  forward = jax.jit(conv)
-  grad_x = jax.jit(jax.grad(lambda x, w: conv(x, w).sum(), argnums=0))
-  grad_w = jax.jit(jax.grad(lambda x, w: conv(x, w).sum(), argnums=1))
+  jit = functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
+  forward = jit(conv)
+  grad_x = jit(jax.grad(lambda x, w: conv(x, w).sum(), argnums=0))
+  grad_w = jit(jax.grad(lambda x, w: conv(x, w).sum(), argnums=1))
   size = w.shape[0]
   out = jnp.ones(jax.eval_shape(conv, x, w).shape, x.dtype)
-  im2col = jax.jit(lambda x, w: lstrl_conv.im2col_kernel_grad(x, out, size, stride, size // 2))
+  im2col = jit(lambda x, w: lstrl_conv.im2col_kernel_grad(x, out, size, stride, size // 2))
   return tuple(median_ms(lambda f=f: f(x, w), repeats) for f in (forward, grad_x, grad_w, im2col))
 
 
@@ -92,7 +97,8 @@ def main(argv):
   del argv
   torch.set_num_threads(2)
   rng = np.random.default_rng(0)
-  print(f'{_FRAMES.value} frames, float32, median of {_REPEATS.value}; ms per call (forward / dX / dW)')
+  print(f'{_FRAMES.value} frames, float32, median of {_REPEATS.value}; ms per call (forward / dX / dW); '
+        f'JAX compiler_options {xla_cpu.compiler_options()}')
   print(f'{"convolution":<22}{"JAX fwd":>9}{"dX":>8}{"dW":>8}{"im2col dW":>10}   {"torch fwd":>9}{"dX":>8}'
         f'{"dW":>8}   {"dW JAX/torch":>12}{"im2col/torch":>13}')
   for name, height, width, c_in, c_out, kernel, stride in LAYERS:

@@ -12,7 +12,9 @@ alone. Phases, both fed uint8 clips `[B, T, H, W, 3]` normalised inside the time
 PyTorch uses channels_last frames and weights; `--dtype bfloat16` means the Flax model's compute dtype and
 `torch.autocast('cpu', torch.bfloat16)`. Both models hold the same weights (Flax -> PyTorch transfer).
 The reported time is the median over `--repeats` calls after `--warmup` calls (JAX: compile + warm-up).
-XLA options come from the environment (`XLA_FLAGS`), which the subprocesses inherit and the report prints.
+JAX compiles with the project's `lstrl_jax.xla_cpu.compiler_options()` (on CPU: convolutions on XLA's own kernels,
+not YNNPACK); further XLA options come from the environment (`XLA_FLAGS`, which the subprocesses inherit and
+the report prints; setting `xla_cpu_experimental_ynn_fusion_type` there overrides the project's choice).
 """
 
 from __future__ import annotations
@@ -115,13 +117,15 @@ def run_jax(args: argparse.Namespace, phase: str) -> tuple[float, float]:
   import jax
 
   from configs import default
+  from lstrl_jax import xla_cpu
   from lstrl_jax.data import pipeline
 
   model = flax_model(args)
   clips, pids = example_batch(args)
   if phase == 'forward':
     variables = flax_variables(model, args)
-    forward = jax.jit(lambda v, x: model.apply(v, pipeline.normalize(x), train=False)['bn_features'])
+    forward = jax.jit(lambda v, x: model.apply(v, pipeline.normalize(x), train=False)['bn_features'],
+                      compiler_options=xla_cpu.compiler_options())
     clips = jax.device_put(clips)
     return time_calls(lambda: forward(variables, clips).block_until_ready(), args)
   config = default.get_config()

@@ -22,6 +22,7 @@ import numpy as np
 import tqdm
 
 from lstrl_jax import sharding
+from lstrl_jax import xla_cpu
 from lstrl_jax.data import pipeline
 from lstrl_jax.data.index import VideoReIDDataset
 
@@ -40,7 +41,8 @@ def _accumulate(model: nn.Module, variables: Any, sums: jnp.ndarray, counts: jnp
 def _accumulate_step(mesh: jax.sharding.Mesh):
   """`_accumulate` jitted for `mesh`: model static, accumulators replicated and donated."""
   replicated = sharding.replicated(mesh)
-  return jax.jit(_accumulate, static_argnums=0, donate_argnums=(2, 3), out_shardings=(replicated, replicated))
+  return jax.jit(_accumulate, static_argnums=0, donate_argnums=(2, 3), out_shardings=(replicated, replicated),
+                 compiler_options=xla_cpu.compiler_options(mesh.devices.flat))
 
 
 def feature_dim(model: nn.Module, variables: Any, config: ml_collections.ConfigDict) -> int:

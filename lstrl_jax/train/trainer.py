@@ -51,6 +51,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from lstrl_jax import sharding
+from lstrl_jax import xla_cpu
 from lstrl_jax.data import pipeline
 from lstrl_jax.data.datasets import load_dataset, reader_options
 from lstrl_jax.data.index import VideoReIDDataset
@@ -130,6 +131,7 @@ def make_train_step(
       in_shardings=(replicated, sharding.batch_sharded(mesh)),
       out_shardings=(replicated, replicated),
       donate_argnums=0,
+      compiler_options=xla_cpu.compiler_options(mesh.devices.flat),
   )
 
 
