@@ -6,9 +6,10 @@ A diagnostic for the train-step gap in `benchmarks/model_throughput.py`. Each ro
 ResNet-50 backbone at 256x128 input (last stride 1) on `--frames` frames, float32:
   - JAX: jitted `lax.conv_general_dilated` (NHWC/HWIO), and `jax.grad` of its sum with respect to the input
     (dX) and to the kernel (dW), compiled with the project's `lstrl_jax.xla_cpu.compiler_options()` (XLA's own
-    convolution kernels; `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution`
-    times jaxlib 0.10.2's default, YNNPACK, instead). The gradient of a sum needs no forward output, so XLA computes dX and dW alone.
-    "im2col dW" is `benchmarks.im2col_conv.im2col_kernel_grad` (one matrix product over the im2col patches),
+    convolution kernels; jaxlib 0.10.2's default, YNNPACK, is timed with
+    `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,reduce`). The
+    gradient of a sum needs no forward output, so XLA computes dX and dW alone.
+    "im2col dW" is `lstrl_jax.models.conv.im2col_kernel_grad` (one matrix product over the im2col patches),
     the kernel gradient `conv2d` uses on CPU for the kernel sizes in `conv.CPU_IM2COL_KERNELS`.
   - PyTorch: `conv2d` on a channels_last tensor under `no_grad`, and `autograd.grad` of its sum with respect
     to the input and to the weight; torch records the forward to differentiate, so its gradient columns
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.model_throughput import time_calls
-from benchmarks import im2col_conv as lstrl_conv
+from lstrl_jax.models import conv as lstrl_conv
 from lstrl_jax import xla_cpu
 
 _FRAMES = flags.DEFINE_integer('frames', 8, 'Frames per call (the batch of every convolution).')

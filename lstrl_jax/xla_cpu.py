@@ -12,7 +12,7 @@ YNNPACK: dropping reductions too made the train step 35% slower, adding elementw
 programs use (the train step, and feature extraction for evaluation and `embed`): `{}` unless the devices are CPUs,
 so GPU and TPU programs are compiled exactly as before. It is also `{}` when the user's `XLA_FLAGS` already set
 `xla_cpu_experimental_ynn_fusion_type` (their setting wins: `--xla_cpu_experimental_ynn_fusion_type=
-individual_dot,individual_convolution` restores jaxlib's default), and when the installed jaxlib does not know
+individual_dot,individual_convolution,reduce` restores jaxlib's default), and when the installed jaxlib does not know
 the option (probed once by compiling a one-addition program), so a newer jaxlib never fails on it. Only the
 choice of kernel library changes: the program (HLO) is the same, and gradients agree with jaxlib's default to
 float32 rounding (tests/test_xla_cpu.py).

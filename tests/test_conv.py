@@ -1,4 +1,4 @@
-"""Tests of benchmarks.im2col_conv (an experiment, not used by the model): its CPU kernel gradient against
+"""Tests of lstrl_jax.models.conv: its CPU kernel gradient against
 jax.grad of the plain XLA convolution."""
 
 import flax.linen as nn
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import im2col_conv as conv
+from lstrl_jax.models import conv
 
 # (H, W, C_in, C_out, kernel, stride): the stem, 1x1 convolutions (stride 1 and the strided downsample), and
 # 3x3 ones (XLA's own kernel gradient) at small sizes.

@@ -36,7 +36,7 @@ def test_cpu_devices_get_the_options_and_others_do_not(monkeypatch):
 
 
 def test_a_user_setting_in_xla_flags_wins(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution')
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,reduce')
   assert xla_cpu.compiler_options() == {}
 
 

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lstrl_jax.models import conv as conv_lib
 from lstrl_jax.models import norm
 
 Dtype = Any
@@ -69,20 +70,12 @@ def batch_norm(
   )
 
 
-def conv(features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype, name: str | None) -> nn.Conv:
-  """Bias-free `kernel`x`kernel` convolution with PyTorch's symmetric padding `kernel // 2`."""
-  pad = kernel // 2
-  return nn.Conv(
-      features,
-      (kernel, kernel),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=conv_init,
-      name=name,
-  )
+def conv(features: int, kernel: int, stride: int, dtype: Dtype, param_dtype: Dtype,
+         name: str | None) -> conv_lib.Conv:
+  """Bias-free `kernel`x`kernel` convolution with PyTorch's symmetric padding `kernel // 2` (`conv.Conv`: the
+  parameter of `nn.Conv`; on CPU a 1x1 kernel gradient is one matrix product)."""
+  return conv_lib.Conv(features, kernel, stride, dtype=dtype, param_dtype=param_dtype, kernel_init=conv_init,
+                       name=name)
 
 
 class BasicBlock(nn.Module):

@@ -1,32 +1,28 @@
-"""Bias-free 2-D convolution whose kernel gradient is one matrix product on the CPU backend: an experiment.
+"""Bias-free 2-D convolution whose 1x1 kernel gradient is one matrix product on the CPU backend (issue 12).
 
-Not used by the model. Swapped into every ResNet/MAE/BME convolution it cut the full LSTRL train step's CPU
-time (790 -> 514 ms/frame) but not its wall time (436 -> 458 ms/frame, old and new back to back at load
-2.5-3.2 on the 2-core Xeon: XLA runs the new products on one core where its convolutions used two) and raised
-the train peak memory by 2-3 % (benchmarks/README.md), so `lstrl_jax.models.resnet` keeps `nn.Conv`.
-
+Every convolution of the network (ResNet, MAE's omega1/omega2, BME's phi/psi/upsilon) is a `Conv`.
 `conv2d(x, kernel, stride, padding)`: `x` `[N, H, W, C_in]`, `kernel` HWIO `[k, k, C_in, C_out]`, symmetric
 zero padding `padding` pixels, stride `stride` -> `[N, H_out, W_out, C_out]` with
 `H_out = (H + 2 * padding - k) // stride + 1` (PyTorch's `conv2d`, torchvision's ResNet convolutions). The
 forward value is `lax.conv_general_dilated` on every backend; only its VJP differs:
 
   - input gradient: XLA's own (the transpose of the convolution), everywhere;
-  - kernel gradient on CPU: im2col, `dW[i, j, c, o] = sum_{n, p, q} x_pad[n, s p + i, s q + j, c] g[n, p, q, o]`,
-    computed as `patches^T @ g` with `patches` `[N H_out W_out, k k C_in]` (for a 1x1 kernel `patches` is `x`
-    itself, strided). XLA's CPU kernel-gradient convolution is 4-20x slower than PyTorch's on the large, narrow
-    maps of layer1 (`benchmarks/conv_backward.py`, benchmarks/README.md); one GEMM is not;
-  - kernel gradient on any other backend (GPU, TPU): XLA's own, the same HLO as `jax.grad` of the plain
-    convolution (`lax.platform_dependent` keeps only that branch when lowering for them).
+  - kernel gradient on CPU, 1x1 kernels: `dW[c, o] = sum_{n, p, q} x[n, s p, s q, c] g[n, p, q, o]`, one
+    `dot_general` over the `N H_out W_out` rows of `x` (strided) and `g`. XLA's CPU kernel-gradient convolution
+    first copies its input into `[C_in, H, W, N]` order (batch innermost), and on the wide maps of the
+    bottleneck inputs those copies cost more than the products (`transpose_copy_fusion`: 0.9 of the train
+    step's 2.4 s of kernel time at B x T = 8 frames, 256x128, on a 2-core AMD EPYC); the product reads `x` as
+    it lies (benchmarks/README.md);
+  - kernel gradient of larger kernels (the 7x7 stem, 3x3), and of any kernel on other backends (GPU, TPU):
+    XLA's own, the same HLO as `jax.grad` of the plain convolution (`lax.platform_dependent` keeps only that
+    branch when lowering for them; tests/test_conv.py exports the gradient for 'cuda').
 
-The im2col buffer holds `k*k` copies of the (strided) input (49 x the 3-channel stem input, 9 x for a 3x3), so
-`CPU_IM2COL_KERNELS` names the kernel sizes that take this path: only 1 (every 1x1 convolution, no copy). The
-stem's im2col gradient was faster than XLA's at load 13 but 2-3.6x slower at load 6-8, and layer1's 3x3 one
-slower throughout (benchmarks/README.md), so 3x3 and 7x7 kernel gradients stay XLA's; `im2col_kernel_grad`
-handles any size. dtypes: any float; the product accumulates in the inputs'
-dtype as XLA's convolution does.
+`im2col_kernel_grad` handles any kernel size (im2col patches, `k*k` copies of the input), but only 1x1 takes it
+(`CPU_IM2COL_KERNELS`): the stem's and the 3x3 ones were no faster than XLA's (benchmarks/README.md). dtypes:
+any float; the product accumulates in the inputs' dtype as XLA's convolution does.
 
-`Conv` is the Flax module over it, a drop-in for the `nn.Conv` the ResNet used: parameter `kernel` of the same
-shape, initialiser and dtype handling, so checkpoints and torchvision weight imports are unchanged.
+`Conv` is the Flax module over it, a drop-in for `nn.Conv`: parameter `kernel` of the same shape, initialiser
+and dtype handling, so checkpoints and torchvision weight imports are unchanged.
 """
 
 from __future__ import annotations
