@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from lstrl_jax.models import conv as conv_lib
 from lstrl_jax.models import norm
+from lstrl_jax.models import pool
 
 Dtype = Any
 
@@ -197,7 +198,7 @@ class ResNet(nn.Module):
     """conv1, bn1, ReLU, max pool 3x3/2 (padding 1, as PyTorch). `[N, H, W, 3] -> [N, H/4, W/4, 64]`."""
     x = self.conv1(jnp.asarray(x, self.dtype))
     x = nn.relu(self.bn1(x, use_running_average=not train))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return pool.max_pool(x, 3, 2, 1)
 
   def stage(self, x: jnp.ndarray, index: int, *, train: bool) -> jnp.ndarray:
     """Applies torchvision's `layer{index}` (index 1..4) to `[N, h, w, C]`.
