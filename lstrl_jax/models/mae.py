@@ -12,7 +12,11 @@ row, so this is exact). The `[THW, THW]` matrix D^1 is never returned by that pa
 computed only for pictures, when the 'intermediates' collection is mutable. Float64 inputs are the exception:
 `jax.nn.dot_product_attention` (JAX 0.10, `_dot_product_attention_core`) always casts the logits to float32
 for the softmax, a 1e-7 error that float64 step-for-step parity with PyTorch (benchmarks/train_parity.py)
-cannot afford, so float64 uses the explicit softmax(Q X1ᵀ) X1 throughout, in float64.
+cannot afford, so float64 uses the explicit softmax(Q X1ᵀ) X1 throughout, in float64. So does a process whose
+default backend is the CPU (chosen when tracing, from `jax.default_backend()`, so that exported programs hold
+one form, which jax2onnx can convert; GPU and TPU machines keep the fused call): there XLA's lowering of the
+fused call is the slower one (MAE at layer2, B=2, T=4: 176 vs 104 ms forward, 416 vs 322 ms forward + backward on a 2-core AMD EPYC; issue
+12, benchmarks/README.md); the explicit form computes the logits and softmax in float32 for float32 and bfloat16.
 
 Sown into 'intermediates' (Flax `sow`, so each value is a 1-tuple), float32 (float64 for float64 inputs),
 for enabled granularities only:
@@ -73,13 +77,18 @@ def attend(queries: jnp.ndarray, x1: jnp.ndarray) -> jnp.ndarray:
   Returns:
     A `[B, N, c]` in the dtype of `queries`; logits and softmax are float32 inside, except for float64
     inputs, which take the explicit `dependency_maps` form in float64 (the fused attention's softmax is
-    always float32; module docstring).
+    always float32; module docstring). With the CPU as default backend the explicit form serves every dtype.
   """
+  def explicit(q, k):
+    return jnp.einsum('bns,bsc->bnc', dependency_maps(q, k), k).astype(q.dtype)
+
+  def fused(q, k):
+    return jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], k[:, :, None], scale=1.0)[:, :, 0]
+
   with jax.named_scope('attention'):
-    if queries.dtype == jnp.float64:
-      return jnp.einsum('bns,bsc->bnc', dependency_maps(queries, x1), x1)
-    out = jax.nn.dot_product_attention(queries[:, :, None], x1[:, :, None], x1[:, :, None], scale=1.0)
-  return out[:, :, 0]
+    if queries.dtype == jnp.float64 or jax.default_backend() == 'cpu':
+      return explicit(queries, x1)
+    return fused(queries, x1)
 
 
 def dependency_maps(queries: jnp.ndarray, x1: jnp.ndarray) -> jnp.ndarray:
