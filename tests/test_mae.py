@@ -14,15 +14,29 @@ def _softmax(logits):
   return e / e.sum(-1, keepdims=True)
 
 
-def test_attend_equals_explicit_softmax_form():
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_attend_equals_explicit_softmax_form(backend, monkeypatch):
+  # A CPU process takes the explicit form, others `jax.nn.dot_product_attention` (run here on the CPU).
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   rng = np.random.default_rng(0)
   queries = rng.standard_normal((2, 9, 16)).astype(np.float32)
   x1 = rng.standard_normal((2, 40, 16)).astype(np.float32)
   d = _softmax(np.einsum('bnc,bsc->bns', queries.astype(np.float64), x1.astype(np.float64)))
   expected = d @ x1.astype(np.float64)
-  got = np.asarray(attend(jnp.asarray(queries), jnp.asarray(x1)), np.float64)
+  got = np.asarray(jax.jit(lambda q, k: attend(q, k))(jnp.asarray(queries), jnp.asarray(x1)), np.float64)
   assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5
   np.testing.assert_allclose(dependency_maps(jnp.asarray(queries), jnp.asarray(x1)), d, rtol=1e-5, atol=1e-7)
+  assert attend(jnp.asarray(queries, jnp.bfloat16), jnp.asarray(x1, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('backend,fused', [('cpu', False), ('gpu', True), ('tpu', True)])
+def test_only_a_cpu_process_takes_the_explicit_form(backend, fused, monkeypatch):
+  # jax.nn.dot_product_attention works on [B, N, heads, c]: its products are 4-D and 5-D, the explicit form's 3-D.
+  # (A fresh lambda each time: JAX caches traces per function.)
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  jaxpr = jax.make_jaxpr(lambda q, k: attend(q, k))(jnp.zeros((1, 3, 4)), jnp.zeros((1, 5, 4)))
+  ranks = {eqn.invars[0].aval.ndim for eqn in jaxpr.eqns if eqn.primitive.name == 'dot_general'}
+  assert (max(ranks) > 3) == fused
 
 
 def test_attend_float64_equals_numpy_float64():

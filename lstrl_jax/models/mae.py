@@ -15,8 +15,9 @@ for the softmax, a 1e-7 error that float64 step-for-step parity with PyTorch (be
 cannot afford, so float64 uses the explicit softmax(Q X1ᵀ) X1 throughout, in float64. So does a process whose
 default backend is the CPU (chosen when tracing, from `jax.default_backend()`, so that exported programs hold
 one form, which jax2onnx can convert; GPU and TPU machines keep the fused call): there XLA's lowering of the
-fused call is the slower one (MAE at layer2, B=2, T=4: 176 vs 104 ms forward, 416 vs 322 ms forward + backward on a 2-core AMD EPYC; issue
-12, benchmarks/README.md); the explicit form computes the logits and softmax in float32 for float32 and bfloat16.
+fused call is the slower one (MAE at layer2, B=2, T=4: 176 vs 104 ms forward, 416 vs 322 ms forward + backward
+on a 2-core AMD EPYC; issue 12, benchmarks/README.md); the explicit form computes the logits and softmax in
+float32 for float32 and bfloat16.
 
 Sown into 'intermediates' (Flax `sow`, so each value is a 1-tuple), float32 (float64 for float64 inputs),
 for enabled granularities only:
