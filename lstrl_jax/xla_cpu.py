@@ -6,7 +6,10 @@ path is the measured cause of the CPU train step's gap to PyTorch: its kernel-gr
 narrow maps of the stem and layer1 take 3-15x PyTorch's time, while XLA's own convolution kernels (Eigen's, used
 when the list leaves convolutions out) are within 0.5-1.4x of PyTorch's oneDNN on every convolution of the
 backbone (`python -m benchmarks.conv_backward`; benchmarks/README.md, issue 12). Dots and reductions keep
-YNNPACK: dropping reductions too made the train step 35% slower, adding elementwise fusions 75% slower.
+YNNPACK: dropping reductions too made the train step 35% slower, adding elementwise fusions 75% slower. A
+YNNPACK reduction fusion can still take in a chain of convolutions that feeds only a reduction over pixels: in
+LSTRL's eval forward, layer4's tail and the global pooling (6 of its 23 convolutions; that forward took 94.6
+ms/frame with reductions on YNNPACK and 95.9 without, one process, interleaved); the train step has none.
 
 `compiler_options(devices)` is the `jax.jit(..., compiler_options=...)` dict that the project's own compiled
 programs use (the train step, and feature extraction for evaluation and `embed`): `{}` unless the devices are CPUs,
@@ -65,8 +68,9 @@ def ynn_convolutions(hlo_text: str) -> int:
     hlo_text: `jax.stages.Compiled.as_text()` of a program compiled for the CPU backend (optimised HLO).
 
   Returns:
-    The number of `convolution` instructions inside the fused computations of its `__ynn_fusion` fusions (0 when
-    compiled with `compiler_options()`; XLA's own convolutions are top-level `convolution` instructions).
+    The number of `convolution` instructions inside the fused computations of its `__ynn_fusion` fusions (XLA's
+    own convolutions are top-level `convolution` instructions; see the module docstring for the ones that a
+    reduction fusion takes in).
   """
   fused = set(re.findall(r'calls=(%[\w.-]+)[^\n]*"kind":"__ynn_fusion"', hlo_text))
   bodies = re.findall(r'^(%[\w.-]+) \([^\n]*\{\n(.*?)\n\}', hlo_text, re.M | re.S)

@@ -22,7 +22,6 @@ import pytest
 import safetensors.numpy
 
 from lstrl_jax import sharding
-from lstrl_jax import xla_cpu
 from lstrl_jax.data import pipeline
 from lstrl_jax.models import lstrl
 from lstrl_jax.models import weights
@@ -114,12 +113,6 @@ def test_metrics_are_the_losses_on_normalised_clips(compiled):
   assert metrics['loss'] == pytest.approx(expected['ce'] + expected['triplet'], rel=1e-5)
   assert metrics['learning_rate'] == pytest.approx(float(schedule(0)))
   assert int(new_state.step) == 1
-
-
-def test_cpu_step_compiles_its_convolutions_on_xla_kernels(compiled):
-  mesh, model, schedule, state, step = fresh(compiled)
-  text = step.lower(state, tiny_batch()).compile().as_text()
-  assert ' convolution(' in text and xla_cpu.ynn_convolutions(text) == 0  # lstrl_jax.xla_cpu: not YNNPACK's
 
 
 def test_step_updates_params_and_statistics_but_not_bnneck_bias(compiled):
