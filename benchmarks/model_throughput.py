@@ -116,7 +116,6 @@ def run_jax(args: argparse.Namespace, phase: str) -> tuple[float, float]:
   """(wall, CPU) seconds per call of the JAX `phase`."""
   import jax
 
-  from configs import default
   from lstrl_jax import xla_cpu
   from lstrl_jax.data import pipeline
 
@@ -128,11 +127,18 @@ def run_jax(args: argparse.Namespace, phase: str) -> tuple[float, float]:
                       compiler_options=xla_cpu.compiler_options())
     clips = jax.device_put(clips)
     return time_calls(lambda: forward(variables, clips).block_until_ready(), args)
+  train_call, _ = jax_train_call(model, train_config(args), clips, pids)
+  return time_calls(lambda: train_call().block_until_ready(), args)
+
+
+def train_config(args: argparse.Namespace):
+  """The paper's training config (`configs/default.py`) at `args`' clip size, one clip per identity (P = B)."""
+  from configs import default
+
   config = default.get_config()
   config.seq_len, config.height, config.width = args.seq_len, args.height, args.width
   config.num_identities, config.num_instances = args.batch, 1
-  train_call, _ = jax_train_call(model, config, clips, pids)
-  return time_calls(lambda: train_call().block_until_ready(), args)
+  return config
 
 
 def jax_train_call(model, config, clips, pids) -> tuple:

@@ -46,14 +46,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--instructions', action='store_true', help='list single instructions, not kinds')
   own, rest = parser.parse_known_args(argv)
   args = model_throughput.parse_args(rest)
-  from configs import default
-
-  model = model_throughput.flax_model(args)
   clips, pids = model_throughput.example_batch(args)
-  config = default.get_config()
-  config.seq_len, config.height, config.width = args.seq_len, args.height, args.width
-  config.num_identities, config.num_instances = args.batch, 1
-  call, _ = model_throughput.jax_train_call(model, config, clips, pids)
+  call, _ = model_throughput.jax_train_call(model_throughput.flax_model(args), model_throughput.train_config(args),
+                                            clips, pids)
   for _ in range(2):
     call().block_until_ready()
   with tempfile.TemporaryDirectory() as trace_dir:
