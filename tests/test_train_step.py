@@ -37,16 +37,19 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 class TinyReID(nn.Module):
-  """`[B, T, H, W, 3]` -> conv, BN, ReLU, GAP+TAP -> f `[B, 8]`; BNNeck -> f_bn; bias-free classifier."""
+  """`[B, T, H, W, 3]` -> `kernel`x`kernel`/2 conv, BN, ReLU, GAP+TAP -> f `[B, width]`; BNNeck -> f_bn;
+  bias-free classifier."""
 
   num_classes: int
+  width: int = 8
+  kernel: int = 3
 
   @nn.compact
   def __call__(self, clips, *, train):
     b, t, h, w, c = clips.shape
-    x = nn.Conv(8, (3, 3), strides=(2, 2), use_bias=False)(clips.reshape(b * t, h, w, c))
+    x = nn.Conv(self.width, (self.kernel, self.kernel), strides=(2, 2), use_bias=False)(clips.reshape(b * t, h, w, c))
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    features = jnp.mean(x.reshape(b, -1, 8), axis=1)
+    features = jnp.mean(x.reshape(b, -1, self.width), axis=1)
     bn_features = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bnneck')(features)
     logits = nn.Dense(self.num_classes, use_bias=False, name='classifier')(bn_features)
     return {'features': features, 'bn_features': bn_features, 'logits': logits}

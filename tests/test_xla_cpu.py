@@ -16,7 +16,7 @@ from lstrl_jax.models import lstrl
 from lstrl_jax.train import optim
 from lstrl_jax.train import state as state_lib
 from lstrl_jax.train import trainer
-from tests.test_train_step import tiny_config
+from tests.test_train_step import TinyReID, tiny_config
 
 # (kernel, stride, C_in, C_out, map height): the backbone's kinds of convolution, on maps small enough for a test
 # and large enough that jaxlib 0.10.2 hands them to YNNPACK by default.
@@ -103,27 +103,11 @@ def test_feature_extraction_compiles_with_the_options():
   assert xla_cpu.ynn_convolutions(project) < xla_cpu.ynn_convolutions(default)
 
 
-class StemReID(nn.Module):
-  """A ResNet stem (7x7/2, 3 -> 64, BN, ReLU) on 64x32 frames, whose convolution jaxlib 0.10.2 hands to YNNPACK
-  by default, then the train step's contract: GAP features, a BNNeck named 'bnneck', a bias-free classifier."""
-
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, clips, *, train):
-    b, t, h, w, c = clips.shape
-    x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False)(clips.reshape(b * t, h, w, c))
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    features = jnp.mean(x.reshape(b, -1, 64), axis=1)
-    bn_features = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bnneck')(features)
-    logits = nn.Dense(self.num_classes, use_bias=False, name='classifier')(bn_features)
-    return {'features': features, 'bn_features': bn_features, 'logits': logits}
-
-
 def test_the_train_step_compiles_with_the_options():
   config = tiny_config()
   config.seq_len, config.height, config.width = 1, 64, 32
-  mesh, model = sharding.make_mesh(), StemReID(num_classes=3)
+  # A ResNet stem (7x7/2, 3 -> 64) on 64x32 frames: jaxlib 0.10.2 hands its convolution to YNNPACK by default.
+  mesh, model = sharding.make_mesh(), TinyReID(num_classes=3, width=64, kernel=7)
   schedule = optim.learning_rate_schedule(config, 4)
   tx = optim.make_optimizer(config, 4, lstrl.trainable_mask)
   state = state_lib.create_train_state(model, config, tx, jax.random.key(0), mesh)
