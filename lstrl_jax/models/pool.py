@@ -32,20 +32,17 @@ def xla_max_pool(x: jax.Array, size: int, stride: int, padding: int) -> jax.Arra
 
 def first_max_grad(x: jax.Array, g: jax.Array, size: int, stride: int, padding: int) -> jax.Array:
   """Gradient `[N, H, W, C]` of `max_pool` at `x` for output cotangent `g`, routed to each window's first max."""
-  n, h_out, w_out, c = g.shape
+  _, h_out, w_out, _ = g.shape
   h, w = x.shape[1:3]
   neg = jnp.array(-jnp.inf, x.dtype)
   xp = lax.pad(x, neg, ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0)))
   span_h, span_w = stride * (h_out - 1) + 1, stride * (w_out - 1) + 1
   offsets = [(i, j) for i in range(size) for j in range(size)]
-  best, first = None, None
-  for k, (i, j) in enumerate(offsets):  # a strict > keeps the first maximum of a tie, as PyTorch
-    window = xp[:, i:i + span_h:stride, j:j + span_w:stride, :]
-    if k == 0:
-      best, first = window, jnp.zeros(window.shape, jnp.int32)
-    else:
-      better = window > best
-      best, first = jnp.where(better, window, best), jnp.where(better, k, first)
+  windows = [xp[:, i:i + span_h:stride, j:j + span_w:stride, :] for i, j in offsets]
+  best, first = windows[0], jnp.zeros(windows[0].shape, jnp.int32)
+  for k, window in enumerate(windows[1:], start=1):  # a strict > keeps the first maximum of a tie, as PyTorch
+    better = window > best
+    best, first = jnp.where(better, window, best), jnp.where(better, k, first)
   grad = jnp.zeros(xp.shape, g.dtype)
   zero = jnp.array(0, g.dtype)
   for k, (i, j) in enumerate(offsets):
