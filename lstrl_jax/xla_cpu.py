@@ -3,10 +3,10 @@
 jaxlib 0.10.2's CPU compiler hands every convolution, forward and both gradients, to YNNPACK by default
 (`xla_cpu_experimental_ynn_fusion_type` = individual_dot, individual_convolution, reduce). On LSTRL's network that
 path is the measured cause of the CPU train step's gap to PyTorch: its kernel-gradient convolutions on the large,
-narrow maps of the stem and layer1 take 3-15x PyTorch's time, while XLA's own convolution kernels (Eigen's, used
-when the list leaves convolutions out) are within 0.5-1.4x of PyTorch's oneDNN on every convolution of the
-backbone (`python -m benchmarks.conv_backward`; benchmarks/README.md, issue 12). Dots and reductions keep
-YNNPACK: dropping reductions too made the train step 35% slower, adding elementwise fusions 75% slower. A
+narrow maps of the stem and layer1 take 3-17x PyTorch's time, while XLA's own kernel gradients (Eigen's, used
+when the list leaves convolutions out) take 0.5-1.5x, except layer1's 1x1 (3.3x; `models.conv` computes that
+one as a matrix product) (`python -m benchmarks.conv_backward`; benchmarks/README.md, issue 12). Dots and
+reductions keep YNNPACK: dropping reductions too made the train step 35% slower, adding elementwise fusions 75% slower. A
 YNNPACK reduction fusion can still take in a chain of convolutions that feeds only a reduction over pixels: in
 LSTRL's eval forward, layer4's tail and the global pooling (6 of its 23 convolutions; that forward took 94.6
 ms/frame with reductions on YNNPACK and 95.9 without, one process, interleaved); the train step has none.
