@@ -6,10 +6,11 @@ path is the measured cause of the CPU train step's gap to PyTorch: its kernel-gr
 narrow maps of the stem and layer1 take 3-17x PyTorch's time, while XLA's own kernel gradients (Eigen's, used
 when the list leaves convolutions out) take 0.5-1.5x, except layer1's 1x1 (3.3x; `models.conv` computes that
 one as a matrix product) (`python -m benchmarks.conv_backward`; benchmarks/README.md, issue 12). Dots and
-reductions keep YNNPACK: dropping reductions too made the train step 35% slower, adding elementwise fusions 75% slower. A
-YNNPACK reduction fusion can still take in a chain of convolutions that feeds only a reduction over pixels: in
-LSTRL's eval forward, layer4's tail and the global pooling (6 of its 23 convolutions; that forward took 94.6
-ms/frame with reductions on YNNPACK and 95.9 without, one process, interleaved); the train step has none.
+reductions keep YNNPACK: dropping reductions too made the train step 35% slower, adding elementwise fusions 75%
+slower. A YNNPACK reduction fusion can still take in a chain of convolutions that feeds only a reduction over
+pixels: in LSTRL's eval forward, layer4's tail and the global pooling (6 of its 23 convolutions; that forward
+took 94.6 ms/frame with reductions on YNNPACK and 95.9 without, one process, interleaved); the train step has
+none.
 
 `compiler_options(devices)` is the `jax.jit(..., compiler_options=...)` dict that the project's own compiled
 programs use (the train step, and feature extraction for evaluation and `embed`): `{}` unless the devices are CPUs,
