@@ -51,6 +51,7 @@ def test_training_and_eval_match_pytorch(shape):
     np.testing.assert_allclose(y, np.moveaxis(y_torch.detach().numpy(), 1, -1), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad_x, np.moveaxis(x_torch.grad.numpy(), 1, -1), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grad_params['scale'], reference.weight.grad.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(grad_params['bias'], reference.bias.grad.numpy(), rtol=1e-4)
     reference.zero_grad()
   np.testing.assert_allclose(stats['mean'], reference.running_mean.numpy(), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stats['var'], reference.running_var.numpy(), rtol=1e-5)
@@ -59,6 +60,48 @@ def test_training_and_eval_match_pytorch(shape):
   with torch.no_grad():
     expected = np.moveaxis(reference(to_torch(x)).numpy(), 1, -1)
   np.testing.assert_allclose(module.apply(variables, x, use_running_average=True), expected, rtol=1e-5, atol=1e-5)
+
+
+def _autodiff_batch_normalize(x, scale, bias, epsilon):
+  """The textbook training BatchNorm, differentiated by JAX (the reference for the custom VJP)."""
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  return (x - mean) / jnp.sqrt(var + epsilon) * scale + bias, mean, var
+
+
+def test_batch_normalize_vjp_equals_autodiff_in_float64():
+  """Values and gradients of all three outputs (y, mean, var) against JAX's autodiff of the formula, float64.
+
+  Non-zero cotangents for mean and var exercise their `1/n` and `2 (x - mean) / n` terms, which the network
+  never uses (its batch statistics only feed the running averages).
+  """
+  rng = np.random.default_rng(1)
+  shape = (3, 4, 2, CHANNELS)
+  x, g = (rng.standard_normal(shape) * 2.0 + 1.0 for _ in range(2))
+  scale, bias, g_mean, g_var = (rng.standard_normal(CHANNELS) for _ in range(4))
+
+  def weighted(fn, x, scale, bias):
+    y, mean, var = fn(x, scale, bias, 1e-5)
+    return jnp.sum(y * g) + jnp.sum(mean * g_mean) + jnp.sum(var * g_var)
+
+  with jax.enable_x64(True):
+    args = [jnp.asarray(a, jnp.float64) for a in (x, scale, bias)]
+    for got, expected in zip(norm.batch_normalize(*args, 1e-5), _autodiff_batch_normalize(*args, 1e-5)):
+      np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    got = jax.grad(lambda *a: weighted(norm.batch_normalize, *a), argnums=(0, 1, 2))(*args)
+    expected = jax.grad(lambda *a: weighted(_autodiff_batch_normalize, *a), argnums=(0, 1, 2))(*args)
+  for name, a, b in zip(('x', 'scale', 'bias'), got, expected):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f'gradient of {name}')
+
+
+def test_batch_normalize_keeps_bfloat16_inputs_and_float32_statistics():
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((8, CHANNELS)), jnp.bfloat16)
+  scale, bias = jnp.ones(CHANNELS), jnp.zeros(CHANNELS)
+  y, mean, var = norm.batch_normalize(x, scale, bias, 1e-5)
+  assert (y.dtype, mean.dtype, var.dtype) == (jnp.float32, jnp.float32, jnp.float32)
+  grads = jax.grad(lambda x, s, b: jnp.sum(norm.batch_normalize(x, s, b, 1e-5)[0] ** 2), (0, 1, 2))(x, scale, bias)
+  assert [a.dtype for a in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]
 
 
 def test_variables_are_flax_batchnorms():

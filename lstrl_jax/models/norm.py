@@ -8,6 +8,15 @@ code (issue 14, `benchmarks/train_parity.py`):
   * Flax computes the batch variance as E[x^2] - E[x]^2 in one pass; PyTorch subtracts the mean first. The
     two-pass form is kept here: in float32 the one-pass form loses digits when |mean| >> std.
 
+In training, `batch_normalize` computes PyTorch's CPU kernels' forms: the output as `x * a + (bias - mean * a)`
+with `a = scale / sqrt(var + eps)`, and a custom VJP with the closed-form gradient of
+`batch_norm_cpu_backward` (ATen): `dbias = sum g`, `dscale = sum((x - mean) g) / sigma`,
+`dx = (g - dbias / n - (x - mean) dscale / (sigma n)) * scale / sigma` (sigma = sqrt(var + eps)). Autodiff of the
+textbook formula saved `x - mean` as a second full-size array and ran its gradient as several passes; the closed
+form reads `x` and `g` once for both sums and once more for `dx`. On a 2-core AMD EPYC, BatchNorm + ReLU forward
+and backward at `[8, 64, 32, 256]` went from 20-25 to 9-20 ms (PyTorch: 7-16), and the full LSTRL train step from
+280.5 to 250.6 ms/frame (one process, interleaved; issue 12, benchmarks/README.md).
+
 Variables are Flax's, same names, shapes and dtypes: params {scale, bias} `[C]` (param_dtype), batch_stats
 {mean, var} `[C]` float32, so checkpoints written with `nn.BatchNorm` restore unchanged. Their running
 variance was accumulated with the biased estimate, i.e. (n-1)/n of what this module accumulates: in BNNeck
@@ -18,6 +27,7 @@ Statistics are reduced in float32 whatever the input dtype (as Flax); the output
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -26,6 +36,53 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode BatchNorm over the last axis, with the batch's statistics (module docstring).
+
+  Args:
+    x: `[..., C]`, any float dtype; statistics are reduced in float32 (float64 for float64 input).
+    scale, bias: `[C]` (gamma, beta).
+    epsilon: added to the variance.
+
+  Returns:
+    (y, mean, var): y `[..., C]` = `x * a + (bias - mean * a)`, `a = scale * rsqrt(var + epsilon)`, in the
+    promoted dtype of `x`, `scale` and float32; the batch mean and biased variance `[C]` (float32 or wider).
+    Every output is differentiable (mean and var through their own `1/n` and `2 (x - mean) / n` terms).
+  """
+  return _batch_normalize_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_normalize_fwd(x, scale, bias, epsilon):
+  axes = tuple(range(x.ndim - 1))
+  values = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean = jnp.mean(values, axis=axes)
+  var = jnp.mean(jnp.square(values - mean), axis=axes)
+  inv_sigma = jax.lax.rsqrt(var + epsilon)
+  a = inv_sigma * scale
+  y = values * a + (bias - mean * a)
+  return (y, mean, var), (x, mean, inv_sigma, scale, bias)
+
+
+def _batch_normalize_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv_sigma, scale, bias = residuals
+  g, g_mean, g_var = cotangents
+  axes = tuple(range(x.ndim - 1))
+  count = math.prod(x.shape[:-1])
+  g = g.astype(mean.dtype)
+  centered = x.astype(mean.dtype) - mean
+  g_bias = jnp.sum(g, axis=axes)
+  g_dot_centered = jnp.sum(g * centered, axis=axes)
+  g_x = ((g - g_bias / count - centered * (g_dot_centered * jnp.square(inv_sigma) / count)) * (inv_sigma * scale)
+         + (g_mean + 2 * g_var * centered) / count)
+  return (g_x.astype(x.dtype), (g_dot_centered * inv_sigma).astype(scale.dtype), g_bias.astype(bias.dtype))
+
+
+batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
 
 
 class BatchNorm(nn.Module):
@@ -65,23 +122,21 @@ class BatchNorm(nn.Module):
     """
     use_running_average = nn.merge_param('use_running_average', self.use_running_average, use_running_average)
     channels = x.shape[-1]
-    axes = tuple(range(x.ndim - 1))
     running_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((channels,), jnp.float32))
     running_var = self.variable('batch_stats', 'var', lambda: jnp.ones((channels,), jnp.float32))
     scale = self.param('scale', self.scale_init, (channels,), self.param_dtype)
     bias = self.param('bias', self.bias_init, (channels,), self.param_dtype)
+    dtype = self.dtype or jnp.result_type(x, scale)
     if use_running_average:
       mean, var = running_mean.value, running_var.value
-    else:
-      count = math.prod(x.shape[:-1])
-      values = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      mean = jnp.mean(values, axis=axes)
-      var = jnp.mean(jnp.square(values - mean), axis=axes)
-      if not self.is_initializing():
-        if count < 2:
-          raise ValueError(f'BatchNorm {self.name}: training needs more than 1 value per channel, got input {x.shape}')
-        m = self.momentum
-        running_mean.value = m * running_mean.value + (1 - m) * mean
-        running_var.value = m * running_var.value + (1 - m) * var * (count / (count - 1))
-    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-    return jnp.asarray(y, self.dtype or jnp.result_type(x, scale))
+      y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+      return jnp.asarray(y, dtype)
+    count = math.prod(x.shape[:-1])
+    y, mean, var = batch_normalize(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      if count < 2:
+        raise ValueError(f'BatchNorm {self.name}: training needs more than 1 value per channel, got input {x.shape}')
+      m = self.momentum
+      running_mean.value = m * running_mean.value + (1 - m) * mean
+      running_var.value = m * running_var.value + (1 - m) * var * (count / (count - 1))
+    return jnp.asarray(y, dtype)
