@@ -11,7 +11,10 @@ alone. Phases, both fed uint8 clips `[B, T, H, W, 3]` normalised inside the time
            objective and `torch.optim.Adam(weight_decay=5e-4)` on `reference/torch_lstrl.py`.
 PyTorch uses channels_last frames and weights; `--dtype bfloat16` means the Flax model's compute dtype and
 `torch.autocast('cpu', torch.bfloat16)`. Both models hold the same weights (Flax -> PyTorch transfer).
-The reported time is the median over `--repeats` calls after `--warmup` calls (JAX: compile + warm-up).
+The reported time is the median over `--repeats` calls after `--warmup` calls (JAX: compile + warm-up). The
+two frameworks of a phase run back to back; `--rounds R` repeats all of it R times (framework order alternating)
+and reports each round's JAX / PyTorch ratio and their median, which a slow spell of a shared VM moves less than
+it moves any single figure.
 JAX compiles with the project's `lstrl_jax.xla_cpu.compiler_options()` (on CPU: convolutions on XLA's own kernels,
 not YNNPACK); further XLA options come from the environment (`XLA_FLAGS`, which the subprocesses inherit and
 the report prints; setting `xla_cpu_experimental_ynn_fusion_type` there overrides the project's choice).
@@ -51,13 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            'torch.set_num_threads(1)): no spin-waiting thread pools on cores shared with others')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='repeat every measurement this many times, the two frameworks of a phase back to back '
+                           '(order alternating between rounds); ratios are per round, then their median')
   parser.add_argument('--frameworks', default='jax,torch', help='comma-separated subset of jax,torch')
   parser.add_argument('--phases', default='forward,train', help='comma-separated subset of forward,train')
   parser.add_argument('--child', default='', help=argparse.SUPPRESS)  # 'framework:phase', internal
   parser.add_argument('--weights', default='', help=argparse.SUPPRESS)  # Flax weights for the torch child
   args = parser.parse_args(argv)
-  if min(args.batch, args.seq_len, args.repeats, args.warmup) < 1:
-    parser.error('--batch, --seq_len, --repeats and --warmup must be positive')
+  if min(args.batch, args.seq_len, args.repeats, args.warmup, args.rounds) < 1:
+    parser.error('--batch, --seq_len, --repeats, --warmup and --rounds must be positive')
   return args
 
 
@@ -279,6 +285,21 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def round_ratios(results: dict, phase: str) -> tuple[float, float]:
+  """JAX / PyTorch (wall, CPU) ms per frame of `phase` in one round's `results` {(framework, phase): row}."""
+  return tuple(results['jax', phase][key] / results['torch', phase][key] for key in ('ms_per_frame', 'cpu_ms_per_frame'))
+
+
+def median_ratios(rounds: list[dict], phase: str) -> tuple[float, float]:
+  """Medians over rounds of each round's JAX / PyTorch (wall, CPU) ratio of `phase` (`round_ratios`).
+
+  A ratio is taken within a round, from the two frameworks' adjacent subprocesses, so that a slow spell of a
+  shared machine lands on both sides of it rather than on one framework's whole figure.
+  """
+  per_round = [round_ratios(results, phase) for results in rounds]
+  return tuple(statistics.median(ratios[i] for ratios in per_round) for i in range(2))
+
+
 def machine() -> str:
   """CPU model, core count and load average, e.g. 'AMD EPYC, 2 cores, load 5.1 4.8 3.9'."""
   model = platform.processor() or platform.machine()
@@ -304,28 +325,35 @@ def main(argv: list[str] | None = None) -> int:
   threads = 'one thread' if args.single_thread else 'default threads'
   print(f'{name} ResNet-{args.depth}, B={args.batch} T={args.seq_len} {args.height}x{args.width} {args.dtype}, '
         f'{threads}, median of {args.repeats} after {args.warmup} warm-up calls')
-  results = {}
+  rounds = []
   with tempfile.TemporaryDirectory() as workdir:
     weights = os.path.join(workdir, 'lstrl.safetensors')
     if 'torch' in frameworks:
       save_torch_weights(args, weights)
-    for framework in frameworks:
+    for round_index in range(args.rounds):
+      results = {}
+      prefix = f'round {round_index + 1}: ' if args.rounds > 1 else ''
       for phase in phases:
-        command = [sys.executable, '-m', 'benchmarks.model_throughput', *(argv or sys.argv[1:]),
-                   '--child', f'{framework}:{phase}', '--weights', weights]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode:
-          print(f'{framework} {phase} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}')
-          return 1
-        results[framework, phase] = json.loads(done.stdout.strip().splitlines()[-1])
-        row = results[framework, phase]
-        print(f'{framework:5s} {phase:7s} {row["ms_per_frame"]:8.1f} ms/frame '
-              f'(CPU {row["cpu_ms_per_frame"]:7.1f})  peak RSS {row["peak_rss_mib"]:6.0f} MiB')
+        for framework in frameworks[::-1] if round_index % 2 else frameworks:
+          command = [sys.executable, '-m', 'benchmarks.model_throughput', *(argv or sys.argv[1:]),
+                     '--child', f'{framework}:{phase}', '--weights', weights]
+          done = subprocess.run(command, capture_output=True, text=True, check=False)
+          if done.returncode:
+            print(f'{framework} {phase} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}')
+            return 1
+          results[framework, phase] = row = json.loads(done.stdout.strip().splitlines()[-1])
+          print(f'{prefix}{framework:5s} {phase:7s} {row["ms_per_frame"]:8.1f} ms/frame '
+                f'(CPU {row["cpu_ms_per_frame"]:7.1f})  peak RSS {row["peak_rss_mib"]:6.0f} MiB')
+      rounds.append(results)
   if len(frameworks) == 2:
     for phase in phases:
-      ratios = [results['jax', phase][key] / results['torch', phase][key]
-                for key in ('ms_per_frame', 'cpu_ms_per_frame')]
-      print(f'JAX/PyTorch {phase}: {ratios[0]:.2f}x wall time, {ratios[1]:.2f}x CPU time')
+      if args.rounds > 1:
+        spread = ', '.join(f'{round_ratios(results, phase)[0]:.2f}x' for results in rounds)
+        print(f'JAX/PyTorch {phase}, wall time by round: {spread}')
+        label, ratios = f'median of {args.rounds} rounds, ', median_ratios(rounds, phase)
+      else:
+        label, ratios = '', round_ratios(rounds[0], phase)
+      print(f'JAX/PyTorch {phase}: {label}{ratios[0]:.2f}x wall time, {ratios[1]:.2f}x CPU time')
   print(f'load after: {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
   return 0
 
