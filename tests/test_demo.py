@@ -5,6 +5,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -39,7 +40,10 @@ def test_layout_read_by_ilidsvid_reader(tmp_path):
   assert load_dataset('demo', out).name == 'demo'
 
 
-def test_deterministic_in_seed(tmp_path):
+def test_deterministic_in_seed(tmp_path, monkeypatch):
+  """Equal flags give byte-identical files, also when the clock moves between them (scipy's MAT header)."""
+  clock = iter(['Wed Dec  2 14:00:00 2026', 'Wed Dec  2 14:00:01 2026', 'Wed Dec  2 14:00:02 2026'])
+  monkeypatch.setattr(time, 'asctime', lambda *_: next(clock))
   a = demo.generate(tmp_path / 'a', num_persons=3, frames=2, height=32, width=16)
   b = demo.generate(tmp_path / 'b', num_persons=3, frames=2, height=32, width=16)
   c = demo.generate(tmp_path / 'c', num_persons=3, frames=2, height=32, width=16, seed=1)

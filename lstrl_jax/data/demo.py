@@ -30,9 +30,9 @@ import json
 import os
 import pathlib
 import glob
+import io
 import shutil
 import socket
-import sys
 import tempfile
 from typing import Sequence
 
@@ -168,6 +168,20 @@ def tracklet(person: dict, camid: int, num_frames: int, size: tuple[int, int],
   return frames
 
 
+MAT_DESCRIPTION = b'MATLAB 5.0 MAT-file, written by lstrl_jax.data.demo'
+
+
+def write_mat(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+  """`scipy.io.savemat(path, arrays)` with a fixed 116-byte description in the MAT 5 header.
+
+  scipy writes its call time into that free-text field ('Created on: ...'), so two equal generations a
+  second apart differed in this file; readers use only the version and endian bytes after it.
+  """
+  buffer = io.BytesIO()
+  scipy.io.savemat(buffer, arrays)
+  path.write_bytes(MAT_DESCRIPTION.ljust(116) + buffer.getvalue()[116:])
+
+
 def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16, seed: int = 0,
              height: int = 128, width: int = 64, exist_ok: bool = False) -> pathlib.Path:
   """Writes the demo dataset to `out` atomically (temporary sibling folder, then rename).
@@ -214,7 +228,7 @@ def generate(out: str | pathlib.Path, *, num_persons: int = 40, frames: int = 16
     split_rng = np.random.default_rng([seed, num_persons, NUM_SPLITS])
     ls_set = np.stack([split_rng.permutation(num_persons) + 1 for _ in range(NUM_SPLITS)]).astype(np.float64)
     (staging / 'train-test people splits').mkdir()
-    scipy.io.savemat(staging / 'train-test people splits' / 'train_test_splits_ilidsvid.mat', {'ls_set': ls_set})
+    write_mat(staging / 'train-test people splits' / 'train_test_splits_ilidsvid.mat', {'ls_set': ls_set})
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
     os.chmod(staging, 0o755)
     staging.rename(out)
