@@ -287,7 +287,8 @@ def peak_rss_mib() -> float:
 
 def round_ratios(results: dict, phase: str) -> tuple[float, float]:
   """JAX / PyTorch (wall, CPU) ms per frame of `phase` in one round's `results` {(framework, phase): row}."""
-  return tuple(results['jax', phase][key] / results['torch', phase][key] for key in ('ms_per_frame', 'cpu_ms_per_frame'))
+  return tuple(results['jax', phase][key] / results['torch', phase][key]
+               for key in ('ms_per_frame', 'cpu_ms_per_frame'))
 
 
 def median_ratios(rounds: list[dict], phase: str) -> tuple[float, float]:
