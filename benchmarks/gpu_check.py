@@ -8,7 +8,8 @@ minutes (budget: 8) and prints one table, also written as JSON to --out. Section
   - train step (bf16, then fp32 compute; float32 parameters) of the full LSTRL (ResNet-50, MAE + BME after
     layer2/3) at the paper's batch P8 x K4 clips x T8 frames of 256x128: the trainer's own jitted step
     (`trainer.make_train_step`, state donated). ms/step, frames/s, the device's peak memory so far, and model
-    FLOP utilisation: 3 x 2 x counted MACs per frame (`models.macs`, forward; backward taken as 2x) x frames/s
+    FLOP utilisation: 3 x 2 x counted MACs per frame (`models.macs` on the equations as written,
+    `LSTRL.as_written`: the paper's Table 3 count; backward taken as 2x) x frames/s
     over the device's dense peak (TF32 tensor-core peak for fp32, which XLA uses for float32 by default);
   - MAE attention at layer2 of that batch (queries T h w + T + h w + 1, keys T h w, width C/4 = 128, bf16),
     forward + backward of `jax.nn.dot_product_attention` with implementation='cudnn' and 'xla';
@@ -114,7 +115,8 @@ def train_and_extract(size: dict, dtype: str, peaks, repeats: int) -> dict[str, 
   result = {'train ms/step': 1e3 * seconds, 'train frames/s': frames_per_step / seconds,
             'train peak memory MiB': peak_memory_mib()}
   variables = {'params': holder[0].params, 'batch_stats': holder[0].batch_stats}
-  per_frame = sum(macs.model_macs_per_frame(model, variables, size['seq_len'], size['height'],
+  counted = model.clone(as_written=True)  # the paper's MACs (Table 3), not the cheaper evaluation's
+  per_frame = sum(macs.model_macs_per_frame(counted, variables, size['seq_len'], size['height'],
                                             size['width']).values())
   result['train TFLOP/s'] = 6 * per_frame * frames_per_step / seconds / 1e12
   if peaks:

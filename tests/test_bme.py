@@ -42,14 +42,16 @@ def _as_map(values):
   return np.asarray(values, np.float32).reshape(1, 3, 2, 1, 1)
 
 
+@pytest.mark.parametrize('as_written', [False, True])  # ψ once then shifted, or ψ on each shifted clip
 @pytest.mark.parametrize(
     'mode,m_f,m_b', [('global_to_local', GLOBAL_M_F, GLOBAL_M_B), ('local_to_local', LOCAL_M_F, LOCAL_M_B)]
 )
-def test_bidirectional_motion_hand_worked(mode, m_f, m_b):
+def test_bidirectional_motion_hand_worked(mode, m_f, m_b, as_written):
   # υ: output channel 0 = M^f - M^b, channel 1 = M^b (kernel [in, out]), so the ReLU and the order of the
   # concatenation [M^f, M^b] both show in the output.
   upsilon = np.array([[1, 0], [-1, 1]], np.float32).reshape(1, 1, 2, 2)
-  out, state = BME(mode).apply(_variables(upsilon), CLIP, train=False, mutable=['intermediates'])
+  out, state = BME(mode, as_written=as_written).apply(_variables(upsilon), CLIP, train=False,
+                                                     mutable=['intermediates'])
   sown = state['intermediates']
   np.testing.assert_allclose(sown['M_f'][0], _as_map(m_f))
   np.testing.assert_allclose(sown['M_b'][0], _as_map(m_b))
@@ -58,9 +60,10 @@ def test_bidirectional_motion_hand_worked(mode, m_f, m_b):
   np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
-def test_forward_only_motion():
+@pytest.mark.parametrize('as_written', [False, True])
+def test_forward_only_motion(as_written):
   upsilon = np.array([[1, 0.5]], np.float32).reshape(1, 1, 1, 2)  # υ takes C/2 = 1 channel
-  module = BME('global_to_local', bidirectional=False)
+  module = BME('global_to_local', bidirectional=False, as_written=as_written)
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), CLIP, train=False))
   assert shapes['params']['upsilon']['kernel'].shape == (1, 1, 1, 2)
   out, state = module.apply(_variables(upsilon), CLIP, train=False, mutable=['intermediates'])

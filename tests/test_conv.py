@@ -87,3 +87,29 @@ def test_module_matches_flax_conv():
 def test_rejects_a_mismatched_kernel():
   with pytest.raises(ValueError, match=r'\[k, k, 3, C_out\]'):
     conv.conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((1, 1, 4, 2)), 1, 0)
+
+
+def test_piecewise_conv_sums_to_the_conv_of_the_broadcast_concatenation():
+  rng = np.random.default_rng(2)
+  # MAE's layout: a full map, one repeated over T, one over the pixels, one over both ([B, T, H, W, c_i]).
+  shapes = [(2, 3, 4, 2, 5), (2, 1, 4, 2, 3), (2, 3, 1, 1, 2), (2, 1, 1, 1, 4)]
+  with jax.enable_x64(True):
+    pieces = [jnp.asarray(rng.standard_normal(shape), jnp.float64) for shape in shapes]
+    concatenated = jnp.concatenate([jnp.broadcast_to(p, (2, 3, 4, 2, p.shape[-1])) for p in pieces], -1)
+    cotangent = jnp.asarray(rng.standard_normal((2, 3, 4, 2, 6)), jnp.float64)
+    piecewise = conv.PiecewiseConv(6, 1, dtype=jnp.float64, param_dtype=jnp.float64)
+    whole = conv.Conv(6, 1, dtype=jnp.float64, param_dtype=jnp.float64)
+    params = piecewise.init(jax.random.key(0), pieces)['params']
+    # The same parameter as Conv's: shape, initialiser and key give the same values.
+    np.testing.assert_array_equal(params['kernel'], whole.init(jax.random.key(0), concatenated)['params']['kernel'])
+    terms = piecewise.apply({'params': params}, pieces)
+    assert [t.shape for t in terms] == [p.shape[:-1] + (6,) for p in pieces]
+    np.testing.assert_allclose(sum(terms), whole.apply({'params': params}, concatenated), rtol=1e-12, atol=1e-12)
+    grads = [jax.grad(lambda p: jnp.sum(y(p) * cotangent))(params)['kernel'] for y in (
+        lambda p: sum(piecewise.apply({'params': p}, pieces)), lambda p: whole.apply({'params': p}, concatenated))]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_piecewise_conv_refuses_a_larger_kernel():
+  with pytest.raises(ValueError, match='kernel_size 1'):
+    conv.PiecewiseConv(4, 3).init(jax.random.key(0), [jnp.ones((1, 4, 4, 2))])

@@ -155,3 +155,51 @@ def test_trainable_mask_freezes_only_the_bnneck_bias():
   mask = trainable_mask(_param_shapes(LSTRL(625, depth=18, mae_stages=(), bme_stages=())))
   frozen = [path for path, trainable in jax.tree_util.tree_leaves_with_path(mask) if not trainable]
   assert [tuple(k.key for k in path) for path in frozen] == [('bnneck', 'bias')]
+
+
+def _conv_macs_per_frame(model, seq_len):
+  clips = jax.ShapeDtypeStruct((1, seq_len, 256, 128, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clips)
+  return macs.model_macs_per_frame(model, variables, seq_len, 256, 128)
+
+
+@pytest.mark.parametrize('seq_len', [4, 8])
+def test_default_evaluation_saves_the_hand_counted_macs(seq_len):
+  written, default = (_conv_macs_per_frame(LSTRL(625, as_written=w), seq_len) for w in (True, False))
+  assert written['conv'] == 4_926_341_120  # the paper's 4.93 (Table 3)
+  t = seq_len
+  saved = 0
+  for c, hw in ((512, 32 * 16), (1024, 16 * 8)):  # layer2, layer3 per frame
+    # MAE ω2 on the repeated [A1..A4] (C/4 channels each) vs each A_i on its own grid: A1 T·h·w, A2 h·w, A3 T, A4 1.
+    saved += hw * c * c - (t * hw + hw + t + 1) * (c // 4) * c / t
+    saved += hw * c * (c // 2)  # BME: one ψ instead of two
+  assert written['conv'] - default['conv'] == pytest.approx(saved, rel=1e-12)
+  assert (written['attention'], written['other']) == (default['attention'], default['other'])
+  if seq_len == 8:
+    assert round(default['conv'] / 1e9, 2) == 4.60
+
+
+def test_default_evaluation_is_the_written_function_in_float64():
+  """Values and gradients of the train-mode outputs agree in float64 (a ResNet-18 LSTRL, MAE/BME switched on)."""
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(3)
+    clips = jnp.asarray(rng.standard_normal((2, 4, 32, 16, 3)), jnp.float64)
+    models = [LSTRL(10, depth=18, as_written=w, dtype=jnp.float64, param_dtype=jnp.float64) for w in (True, False)]
+    shapes = jax.eval_shape(lambda x: models[0].init(jax.random.key(0), x, train=False), clips)
+    variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), _initial_variables(shapes, seed=4))
+    # Non-zero last BN scales, so MAE and BME contribute.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.full_like(v, 0.7) if path[-1].key == 'scale' else v, variables['params'])
+
+    def loss(params, model):
+      out, _ = model.apply({**variables, 'params': params}, clips, train=True, mutable=['batch_stats'])
+      return jnp.sum(out['logits'] ** 2) + jnp.sum(out['features'] * jnp.arange(512)), out
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (value_w, out_w), grads_w = value_and_grad(params, models[0])
+    (value_d, out_d), grads_d = value_and_grad(params, models[1])
+    np.testing.assert_allclose(value_d, value_w, rtol=1e-12)
+    np.testing.assert_allclose(out_d['bn_features'], out_w['bn_features'], rtol=1e-10, atol=1e-12)
+    for (path, g_w), g_d in zip(jax.tree_util.tree_leaves_with_path(grads_w), jax.tree_util.tree_leaves(grads_d)):
+      scale = float(jnp.max(jnp.abs(g_w)))
+      np.testing.assert_allclose(g_d, g_w, rtol=0, atol=1e-10 * max(scale, 1.0), err_msg=jax.tree_util.keystr(path))

@@ -80,13 +80,15 @@ def _reference(f, omega1, omega2, scale, bias, granularities):
 
 
 # T=4 with a 2x2 map: hw == T, so A2 and A3 (same length) must still be repeated along different axes.
+# Both evaluations of ω2 (per granularity before the repeat, and as written) must give the reference.
+@pytest.mark.parametrize('as_written', [False, True])
 @pytest.mark.parametrize(
     'granularities', [(True, True, True, True), (False, True, True, False), (False, False, False, True)]
 )
-def test_mae_matches_numpy_reference(granularities):
+def test_mae_matches_numpy_reference(granularities, as_written):
   rng = np.random.default_rng(1)
   f = rng.standard_normal((2, 4, 2, 2, 8)).astype(np.float32)
-  module = MAE(granularities)
+  module = MAE(granularities, as_written=as_written)
   variables = jax.eval_shape(lambda: module.init(jax.random.key(0), f, train=False))
   params = variables['params']
   enabled = sum(granularities)

@@ -7,15 +7,16 @@ Per frame t of a clip F `[T, h, w, C]`, with φ, ψ 1x1 convolutions C -> C/2 (n
   at the clip ends the missing neighbour is the frame itself (F_{-1} = F_0, F_T = F_{T-1}).
   F^m = ReLU(BN(υ([M^f, M^b]))), υ a 1x1 convolution C -> C (C/2 -> C with forward motion only).
 
-How the convolutions are evaluated (same outputs, different cost; the choice is what reproduces the paper's
-4.93 GMACs of convolutions per frame for the full model): φ is applied to the pooled F_t^g and ψ to each
-shifted clip separately, ψ(F_{t+1}) and ψ(F_{t-1}), exactly as the equations are written. Per frame at
-256x128 that is, in MMACs, at layer2 (C=512, 32x16): ψ 2 x 67.1 + υ 134.2 + φ 0.1; at layer3 (C=1024,
-16x8): ψ 2 x 67.1 + υ 134.2 + φ 0.5; 537.5 in all, so 4.3888 (baseline + MAE) + 0.5375 = 4.9263 -> 4.93.
-The cheaper equivalent, ψ(F) computed once and shifted, gives 4.79, which is not the paper's figure. The
-other reading that lands on 4.93 is φ applied to the full map before pooling (mean(φ F) = φ(mean F), since
-φ has no bias) with ψ computed once: 4.9257. It gives the same rounded number but contradicts the written
-φ(F_t^g), so the literal reading is kept. In local-to-local mode φ runs on the full map as well (+0.134).
+How the convolutions are evaluated (same outputs, different cost). As written, φ is applied to the pooled F_t^g
+and ψ to each shifted clip separately, ψ(F_{t+1}) and ψ(F_{t-1}); that is what reproduces the paper's 4.93 GMACs
+of convolutions per frame for the full model. Per frame at 256x128, in MMACs, at layer2 (C=512, 32x16): ψ 2 x
+67.1 + υ 134.2 + φ 0.1; at layer3 (C=1024, 16x8): ψ 2 x 67.1 + υ 134.2 + φ 0.5; 537.5 in all, so 4.3888 (baseline
++ MAE) + 0.5375 = 4.9263 -> 4.93. A 1x1 convolution acts on each frame alone, so it commutes with the frame
+shift: ψ(F_{t±1}) = (ψ F)_{t±1}. By default the module computes ψ(F) once and shifts it (67.1 MMACs per frame
+and stage fewer); `as_written=True` evaluates the equations as written, which the MAC count traces
+(`lstrl_jax.summary`). (The other reading that lands on 4.93, φ applied to the full map before pooling, since
+mean(φ F) = φ(mean F) for φ without bias, with ψ once, gives 4.9257: the same rounded number, but it contradicts
+the written φ(F_t^g).) In local-to-local mode φ runs on the full map as well (+0.134).
 
 BatchNorm's scale starts at zero, so F^m = 0 at initialisation. The ReLU after it has gradient 1 at exactly 0
 (the subgradient at the kink; `jax.nn.relu` and PyTorch use 0 there): with the zero-initialised scale every
@@ -58,12 +59,14 @@ class BME(nn.Module):
   Attributes:
     mode: 'global_to_local' (φ on the spatial mean F_t^g) or 'local_to_local' (φ on F_t).
     bidirectional: use M^f and M^b; False uses M^f only (υ takes C/2 channels).
+    as_written: ψ on each shifted clip (the paper's MAC count); False (default) ψ(F) once, then shifted.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
 
   mode: str = 'global_to_local'
   bidirectional: bool = True
+  as_written: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -91,12 +94,14 @@ class BME(nn.Module):
       anchor = phi(jnp.mean(f, axis=(2, 3), keepdims=True))  # φ(F_t^g) [B, T, 1, 1, C/2]
     else:
       anchor = phi(f)  # φ(F_t) [B, T, h, w, C/2]
-    following, preceding = neighbours(f)
-    motions = [anchor * psi(following)]
-    self.sow('intermediates', 'M_f', motions[0])
-    if self.bidirectional:
-      motions.append(anchor * psi(preceding))
-      self.sow('intermediates', 'M_b', motions[1])
+    directions = 2 if self.bidirectional else 1
+    if self.as_written:
+      shifted = [psi(g) for g in neighbours(f)[:directions]]  # ψ(F_{t+1}), ψ(F_{t-1})
+    else:
+      shifted = neighbours(psi(f))[:directions]  # (ψ F)_{t+1}, (ψ F)_{t-1}
+    motions = [anchor * g for g in shifted]
+    for name, motion in zip(('M_f', 'M_b'), motions):
+      self.sow('intermediates', name, motion)
     m = conv(channels, 1, 1, self.dtype, self.param_dtype, name='upsilon')(jnp.concatenate(motions, axis=-1))
     m = batch_norm(train, self.dtype, self.param_dtype, name='bn', zero_scale=True)(m)
     return relu_open_at_zero(m)

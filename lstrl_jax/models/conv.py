@@ -22,7 +22,8 @@ forward value is `lax.conv_general_dilated` on every backend; only its VJP diffe
 any float; the product accumulates in the inputs' dtype as XLA's convolution does.
 
 `Conv` is the Flax module over it, a drop-in for `nn.Conv`: parameter `kernel` of the same shape, initialiser
-and dtype handling, so checkpoints and torchvision weight imports are unchanged.
+and dtype handling, so checkpoints and torchvision weight imports are unchanged. `PiecewiseConv` is the same
+parameter applied to a channel concatenation given as its pieces (MAE's ω2 on [A1, A2, A3, A4]).
 """
 
 from __future__ import annotations
@@ -130,3 +131,32 @@ class Conv(nn.Module):
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     y = conv2d(x.reshape((-1,) + x.shape[-3:]), kernel, self.stride, self.kernel_size // 2)
     return y.reshape(x.shape[:-3] + y.shape[1:])
+
+
+class PiecewiseConv(Conv):
+  """A 1x1 `Conv` of a channel concatenation `[x_1, ..., x_k]`, given the pieces and returning per-piece terms.
+
+  `__call__(pieces)`: `pieces[i]` `[..., H_i, W_i, c_i]` -> list of `[..., H_i, W_i, features]`, the i-th being
+  the convolution of `pieces[i]` with the kernel rows `sum(c_<i) : sum(c_<=i)`. Where the pieces broadcast to
+  one shape, the sum of the terms equals `Conv` applied to the concatenation of the broadcast pieces (a 1x1
+  convolution is linear in its input channels and commutes with repeating pixels), in `1/k`-ths of its
+  multiplies for a piece that is repeated k times. The parameter is `Conv`'s: `kernel` `[1, 1, sum c_i,
+  features]` with the same initialiser, so the two modules read the same checkpoints.
+
+  Raises:
+    ValueError: `kernel_size` is not 1 (a larger kernel mixes neighbouring pixels, which repeating changes).
+  """
+
+  @nn.compact
+  def __call__(self, pieces: list[jax.Array]) -> list[jax.Array]:
+    if self.kernel_size != 1:
+      raise ValueError(f'PiecewiseConv: expected kernel_size 1, got {self.kernel_size}')
+    widths = [piece.shape[-1] for piece in pieces]
+    kernel = self.param('kernel', self.kernel_init, (1, 1, sum(widths), self.features), self.param_dtype)
+    terms, start = [], 0
+    for piece, width in zip(pieces, widths):
+      x, k = nn.dtypes.promote_dtype(piece, kernel[:, :, start:start + width], dtype=self.dtype)
+      y = conv2d(x.reshape((-1,) + x.shape[-3:]), k, self.stride, 0)
+      terms.append(y.reshape(x.shape[:-3] + y.shape[1:]))
+      start += width
+    return terms

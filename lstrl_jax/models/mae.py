@@ -6,6 +6,11 @@ Per clip, with F `[T, h, w, C]` and c = C/4:
   D^i = softmax(X_i X1ᵀ) over the THW key axis (no 1/√c scale);  A_i = D^i X1;
   F^a = BN(ω2([A1, A2, A3, A4])), A2 repeated over T, A3 over h·w, A4 over T·h·w; ω2: 1x1 conv to C, no bias.
 
+ω2 is linear and 1x1, so ω2([A1, A2, A3, A4]) = ω2_1 A1 + ω2_2 A2 + ω2_3 A3 + ω2_4 A4 with ω2_i the kernel rows
+of A_i, each term repeated as its A_i is: by default the module computes that sum (ω2_2..ω2_4 on the T-, h·w-
+and T·h·w-times smaller unrepeated maps, so about a quarter of ω2's multiplies), and `as_written=True` the
+concatenation form, which the MAC count traces (`lstrl_jax.summary`, the paper's Table 3).
+
 A_i = D^i X1 is attention with query X_i, key = value = X1 and scale 1, so all four granularities go through
 one `jax.nn.dot_product_attention` call (queries concatenated along the sequence axis; softmax is per query
 row, so this is exact). The `[THW, THW]` matrix D^1 is never returned by that path; the explicit D^i are
@@ -27,6 +32,8 @@ for enabled granularities only:
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -34,7 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstrl_jax.models.resnet import batch_norm, conv
+from lstrl_jax.models.conv import PiecewiseConv
+from lstrl_jax.models.resnet import batch_norm, conv, conv_init
 
 Dtype = Any
 
@@ -58,14 +66,15 @@ def granularity_queries(x1: jnp.ndarray) -> list[jnp.ndarray]:
   ]
 
 
-def expand(a: jnp.ndarray, granularity: int, shape: tuple[int, int, int, int]) -> jnp.ndarray:
-  """Repeats A_i `[B, n_i, c]` onto `[B, T, h, w, c]` (granularity 0..3 for A1..A4).
+def granularity_grid(a: jnp.ndarray, granularity: int, shape: tuple[int, int, int, int]) -> jnp.ndarray:
+  """A_i `[B, n_i, c]` (granularity 0..3 for A1..A4) laid out on the clip grid, unrepeated.
 
-  A1 is reshaped, A2 repeated over T, A3 over h*w, A4 over T*h*w.
+  Returns A1 `[B, T, h, w, c]`, A2 `[B, 1, h, w, c]`, A3 `[B, T, 1, 1, c]`, A4 `[B, 1, 1, 1, c]` for `shape`
+  (B, T, h, w); broadcasting each to `[B, T, h, w, c]` repeats A2 over T, A3 over h*w, A4 over T*h*w.
   """
   b, t, h, w = shape
   grid = ((b, t, h, w), (b, 1, h, w), (b, t, 1, 1), (b, 1, 1, 1))[granularity]
-  return jnp.broadcast_to(a.reshape(*grid, a.shape[-1]), (b, t, h, w, a.shape[-1]))
+  return a.reshape(*grid, a.shape[-1])
 
 
 def attend(queries: jnp.ndarray, x1: jnp.ndarray) -> jnp.ndarray:
@@ -109,11 +118,15 @@ class MAE(nn.Module):
 
   Attributes:
     granularities: A1..A4 on/off (paper Table 4); ω2 takes (number enabled) * C/4 channels.
+    as_written: apply ω2 to the concatenation of the repeated A_i, as the equation is written (the paper's MAC
+      count, `lstrl_jax.summary`); False (default) applies ω2's kernel rows of each A_i before repeating it
+      (`conv.PiecewiseConv`), the same F^a in about a quarter of ω2's multiplies.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
 
   granularities: Sequence[bool] = (True, True, True, True)
+  as_written: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -148,6 +161,12 @@ class MAE(nn.Module):
         self.sow('intermediates', f'D{i + 1}', dependency_maps(query, keys))
     splits = np.cumsum([q.shape[1] for q in queries])[:-1]
     pieces = jnp.split(attended, splits, axis=1)
-    a = jnp.concatenate([expand(p, i, (b, t, h, w)) for p, i in zip(pieces, enabled)], axis=-1)
-    a = conv(channels, 1, 1, self.dtype, self.param_dtype, name='omega2')(a)
+    grids = [granularity_grid(p, i, (b, t, h, w)) for p, i in zip(pieces, enabled)]
+    if self.as_written:
+      repeated = [jnp.broadcast_to(g, (b, t, h, w, g.shape[-1])) for g in grids]
+      a = conv(channels, 1, 1, self.dtype, self.param_dtype, name='omega2')(jnp.concatenate(repeated, axis=-1))
+    else:
+      omega2 = PiecewiseConv(channels, 1, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_init,
+                             name='omega2')
+      a = jnp.broadcast_to(functools.reduce(operator.add, omega2(grids)), (b, t, h, w, channels))
     return batch_norm(train, self.dtype, self.param_dtype, name='bn', zero_scale=True)(a)
