@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstrl_jax.models import macs
+from lstrl_jax.models import macs, mae
 from lstrl_jax.models.mae import MAE, attend, dependency_maps
 
 
@@ -141,3 +141,13 @@ def test_explicit_maps_are_only_computed_when_intermediates_are_mutable():
 def test_invalid_shapes_are_rejected(channels, granularities):
   with pytest.raises(ValueError, match='MAE'):
     MAE(granularities).init(jax.random.key(0), jnp.zeros((1, 2, 2, 2, channels)), train=False)
+
+
+def test_frame_sum_and_the_gradient_of_repeat_frames():
+  x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 3, 2, 5)), jnp.float32)
+  np.testing.assert_allclose(mae.frame_sum(x), np.asarray(x).sum(1), rtol=1e-6)
+  y = x[:, :1]
+  cotangent = jnp.asarray(np.random.default_rng(5).standard_normal((2, 4, 2, 5)), jnp.float32)
+  repeated, vjp = jax.vjp(lambda y: mae.repeat_frames(y, 4), y)
+  np.testing.assert_array_equal(repeated, np.broadcast_to(y, (2, 4, 2, 5)))
+  np.testing.assert_allclose(vjp(cotangent)[0], np.asarray(cotangent).sum(1, keepdims=True), rtol=1e-6)
