@@ -19,7 +19,8 @@ minutes (budget: 8) and prints one table, also written as JSON to --out. Section
   - input pipeline: `pipeline.train_loader` frames/s on a temporary JPEG dataset (`benchmarks.input_pipeline`)
     with one grain worker per host core but one.
 `--reduced` (the default on the CPU backend) runs every section at toy sizes (ResNet-18, 32x16 frames, fp32
-only, a tiny ranking), which is what tests/test_gpu_check.py executes. Peaks: `PEAK_TFLOPS` (vendor dense figures), or --peak_tflops.
+only, a tiny ranking), which is what tests/test_gpu_check.py executes. Peaks: `PEAK_TFLOPS` (vendor dense figures),
+or --peak_tflops.
 """
 
 from __future__ import annotations
