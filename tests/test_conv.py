@@ -113,3 +113,14 @@ def test_piecewise_conv_sums_to_the_conv_of_the_broadcast_concatenation():
 def test_piecewise_conv_refuses_a_larger_kernel():
   with pytest.raises(ValueError, match='kernel_size 1'):
     conv.PiecewiseConv(4, 3).init(jax.random.key(0), [jnp.ones((1, 4, 4, 2))])
+
+
+def test_piecewise_conv_lowers_to_plain_convolutions_on_gpu():
+  pieces = [jnp.ones((2, 3, 4, 2, 4)), jnp.ones((2, 1, 4, 2, 2))]
+  module = conv.PiecewiseConv(6, 1)
+  params = module.init(jax.random.key(0), pieces)['params']
+  grad = jax.jit(jax.grad(lambda p: sum(jnp.sum(t) for t in module.apply({'params': p}, pieces))))
+  cuda, cpu = (jax.export.export(grad, platforms=[p])(params).mlir_module() for p in ('cuda', 'cpu'))
+  # One kernel-gradient convolution per piece on CUDA (XLA's own); the CPU takes the matrix product instead.
+  assert cuda.count('stablehlo.convolution') == 2 and 'stablehlo.dot_general' not in cuda
+  assert cpu.count('stablehlo.dot_general') == 2
