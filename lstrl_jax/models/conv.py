@@ -127,7 +127,11 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-    kernel = self.param('kernel', self.kernel_init, shape, self.param_dtype)
+    return self.convolve(x, self.param('kernel', self.kernel_init, shape, self.param_dtype))
+
+  def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`conv2d` of `x` `[..., H, W, C_in]` (leading axes folded into the batch) with `kernel`, both promoted to
+    `dtype`, at the module's stride and padding `kernel_size // 2` -> `[..., H_out, W_out, C_out]`."""
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     y = conv2d(x.reshape((-1,) + x.shape[-3:]), kernel, self.stride, self.kernel_size // 2)
     return y.reshape(x.shape[:-3] + y.shape[1:])
@@ -155,8 +159,6 @@ class PiecewiseConv(Conv):
     kernel = self.param('kernel', self.kernel_init, (1, 1, sum(widths), self.features), self.param_dtype)
     terms, start = [], 0
     for piece, width in zip(pieces, widths):
-      x, k = nn.dtypes.promote_dtype(piece, kernel[:, :, start:start + width], dtype=self.dtype)
-      y = conv2d(x.reshape((-1,) + x.shape[-3:]), k, self.stride, 0)
-      terms.append(y.reshape(x.shape[:-3] + y.shape[1:]))
+      terms.append(self.convolve(piece, kernel[:, :, start:start + width]))
       start += width
     return terms
