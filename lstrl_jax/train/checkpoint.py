@@ -13,11 +13,13 @@ and `config/`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
 import pathlib
 import sys
+import traceback
 from typing import Any, Iterator
 
 import grain
@@ -28,6 +30,7 @@ import orbax.checkpoint as ocp
 from lstrl_jax import sharding
 
 CHECKPOINT_DIR = 'checkpoints'
+_ORBAX = f'{os.sep}orbax{os.sep}'  # in the path of orbax's source files
 _MAX_MESSAGE = 240  # characters of an underlying error kept in a CheckpointError (tensorstore's are long)
 
 
@@ -74,32 +77,42 @@ def save(
 
 
 class _DropOrbaxErrors(logging.Filter):
-  """Drops orbax's error records (with their tracebacks): `check_saved` reports a failed save in one line."""
+  """Drops error records that come from orbax (with their tracebacks): `check_saved` reports a failed save in one
+  line. A record comes from orbax when orbax logged it, or when its exception was raised through orbax's code:
+  asyncio's "_GatheringFuture exception was never retrieved", logged when a write that failed beside the one
+  orbax re-raised is garbage-collected."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and f'{os.sep}orbax{os.sep}' in record.pathname)
+    if record.levelno < logging.ERROR:
+      return True
+    origin = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+    return not any(_ORBAX in path for path in [record.pathname, *(frame.filename for frame in origin)])
 
 
 @contextlib.contextmanager
 def quiet_orbax() -> Iterator[None]:
-  """Within it, orbax's error logs (absl logger) are dropped; the errors themselves still raise.
+  """Within it, orbax's error logs (absl and asyncio loggers) are dropped; the errors themselves still raise.
 
   After a failed save, tensorstore completes the save's other writes on an event loop orbax has closed and
-  reports each `RuntimeError: Event loop is closed` through `sys.unraisablehook`: those are dropped too.
+  reports each `RuntimeError: Event loop is closed` through `sys.unraisablehook`: those are dropped too. The
+  failed writes orbax left unawaited are collected before it exits, so asyncio reports them while dropped.
   """
-  logger, dropper = logging.getLogger('absl'), _DropOrbaxErrors()
+  loggers, dropper = [logging.getLogger('absl'), logging.getLogger('asyncio')], _DropOrbaxErrors()
   previous_hook = sys.unraisablehook
 
   def hook(unraisable):
     if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
       previous_hook(unraisable)
 
-  logger.addFilter(dropper)
+  for logger in loggers:
+    logger.addFilter(dropper)
   sys.unraisablehook = hook
   try:
     yield
   finally:
-    logger.removeFilter(dropper)
+    gc.collect()
+    for logger in loggers:
+      logger.removeFilter(dropper)
     sys.unraisablehook = previous_hook
 
 
