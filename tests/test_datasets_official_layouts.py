@@ -8,7 +8,6 @@ import pathlib
 
 import h5py
 import numpy as np
-import pytest
 import scipy.io
 from PIL import Image
 

@@ -18,7 +18,7 @@ from configs.default import get_config
 from lstrl_jax.data import demo
 from lstrl_jax.data.datasets import load_dataset
 from lstrl_jax.data.index import Tracklet, VideoReIDDataset
-from lstrl_jax.evaluation import evaluator, metrics, visualize
+from lstrl_jax.evaluation import evaluator, visualize
 from lstrl_jax.models.lstrl import model_from_config
 from lstrl_jax.train import checkpoint
 from tests.test_scoring import reference_scores

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
