@@ -73,3 +73,30 @@ def test_an_unretrieved_error_of_other_code_is_still_logged(records):
     abandon(own_write)
   gc.collect()
   assert records == [('_GatheringFuture exception was never retrieved', OSError)]
+
+
+class FailedSave:
+  """A manager whose background save failed as orbax's does on a full disk: the error it re-raises holds, in
+  the frames of its traceback, the writes that failed beside it, unawaited."""
+
+  def __init__(self, directory: epath.Path):
+    self.directory = directory
+
+  def is_saving_in_progress(self) -> bool:
+    return False
+
+  def wait_until_finished(self):
+    async def main():
+      pending = asyncio.gather(orbax_write_into(self.directory / 'missing'))
+      await asyncio.sleep(0.1)
+      raise ValueError(f'RESOURCE_EXHAUSTED: {pending}: No space left on device')
+
+    asyncio.run(main())
+
+
+def test_the_writes_beside_a_failed_save_are_dropped_while_its_error_propagates(records, tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match='4: no space left on device; no complete checkpoint'):
+    with checkpoint.quiet_orbax():
+      checkpoint.check_saved(FailedSave(epath.Path(tmp_path)), 4)
+  gc.collect()
+  assert records == []

@@ -73,7 +73,7 @@ def save(
         ),
     )
   except Exception as error:  # orbax and tensorstore raise OSError, ValueError or their own types
-    raise CheckpointError(failed_save_message(manager, step, error)) from error
+    raise _save_failed(manager, step, error) from error
 
 
 class _DropOrbaxErrors(logging.Filter):
@@ -95,7 +95,8 @@ def quiet_orbax() -> Iterator[None]:
 
   After a failed save, tensorstore completes the save's other writes on an event loop orbax has closed and
   reports each `RuntimeError: Event loop is closed` through `sys.unraisablehook`: those are dropped too. The
-  failed writes orbax left unawaited are collected before it exits, so asyncio reports them while dropped.
+  failed writes orbax left unawaited are collected before it exits (`check_saved` frees those its error held),
+  so asyncio reports them while dropped.
   """
   loggers, dropper = [logging.getLogger('absl'), logging.getLogger('asyncio')], _DropOrbaxErrors()
   previous_hook = sys.unraisablehook
@@ -129,8 +130,20 @@ def check_saved(manager: ocp.CheckpointManager, step: int | None, *, wait: bool 
   try:
     manager.wait_until_finished()
   except Exception as error:  # whatever the background write raised (tensorstore: ValueError, OSError)
-    raise CheckpointError(failed_save_message(manager, step, error)) from error
+    raise _save_failed(manager, step, error) from error
   return True
+
+
+def _save_failed(manager: ocp.CheckpointManager, step: int, error: BaseException) -> CheckpointError:
+  """The one-line error for a failed save of `step`. The frames of `error`'s traceback (and its causes') hold the
+  writes orbax left unawaited beside the one it re-raised; clearing them frees those writes now, so asyncio
+  reports them within `quiet_orbax`, not when the error is released after it."""
+  cause, seen = error, set()
+  while cause is not None and id(cause) not in seen:
+    seen.add(id(cause))
+    traceback.clear_frames(cause.__traceback__)
+    cause = cause.__cause__ or cause.__context__
+  return CheckpointError(failed_save_message(manager, step, error))
 
 
 _CAUSES = {
