@@ -1,7 +1,10 @@
 """Tests of lstrl_jax.evaluation.metrics: hand-worked rankings and a per-query NumPy reference."""
 
+import os
+
 import numpy as np
 import pytest
+import threadpoolctl
 
 from lstrl_jax.evaluation import cpu_ranking
 from lstrl_jax.evaluation import metrics
@@ -182,6 +185,22 @@ def test_distance_matrix_against_numpy():
     blocks = list(cpu_ranking.distance_blocks(q, g, distance, chunk_size=2))
     assert [len(b) for b in blocks] == [2, 2, 1]
     np.testing.assert_allclose(np.concatenate(blocks), want, rtol=1e-5, atol=1e-5)
+
+
+def blas_threads() -> list[int]:
+  return [library['num_threads'] for library in threadpoolctl.threadpool_info() if library['user_api'] == 'blas']
+
+
+def test_distance_blocks_leave_one_core_to_the_ranking_and_restore_blas_after():
+  rng = np.random.default_rng(0)
+  q, g = rng.normal(size=(5, 16)).astype(np.float32), rng.normal(size=(7, 16)).astype(np.float32)
+  before, cores = blas_threads(), len(os.sched_getaffinity(0))
+  assert before, "NumPy's BLAS is not seen by threadpoolctl"
+  blocks = cpu_ranking.distance_blocks(q, g, 'cosine', chunk_size=2)
+  next(blocks)
+  assert blas_threads() == [max(1, cores - 1)] * len(before)
+  assert len(list(blocks)) == 2
+  assert blas_threads() == before
 
 
 @pytest.mark.parametrize('convention', ALL)

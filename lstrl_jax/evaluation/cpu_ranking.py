@@ -14,32 +14,54 @@ Peer: torchreid's `eval_market1501` (argsort of every gallery, then a cumulative
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from typing import Iterator
 
 import numpy as np
+import threadpoolctl
 
 
 def distance_blocks(query_features: np.ndarray, gallery_features: np.ndarray, distance: str,
                     chunk_size: int) -> Iterator[np.ndarray]:
   """float32 `[chunk_size, G]` rows of the distances of `metrics.distance_matrix` (1 - cos, or L2), in order.
 
-  Computed with NumPy's BLAS matmul (faster than XLA's CPU dot for these shapes); the gallery is normalised
-  (cosine) or its squared norms taken (euclidean) once. `distance`: 'cosine' or 'euclidean' (checked by the
-  caller); features float `[Q, D]` and `[G, D]`. The last block has the remaining rows.
+  Each block is computed in a worker thread while the caller ranks the one before, with NumPy's BLAS on all
+  host cores but one (threadpoolctl, restored when the blocks are done): ranking is single-threaded, and BLAS
+  threads left idle beside it spin (OpenBLAS: about 0.1 s each time), which cost a third more CPU time on MARS
+  (benchmarks/README.md, ranking). At most two blocks are held at once. `distance`: 'cosine' or 'euclidean'
+  (checked by the caller); features float `[Q, D]` and `[G, D]`. The last block has the remaining rows.
   """
+  blocks = _distance_blocks(query_features, gallery_features, distance, chunk_size)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+  with threadpoolctl.threadpool_limits(max(1, cores - 1), user_api='blas'), \
+      concurrent.futures.ThreadPoolExecutor(1) as worker:
+    pending = worker.submit(next, blocks, None)
+    while (block := pending.result()) is not None:
+      pending = worker.submit(next, blocks, None)
+      yield block
+
+
+def _distance_blocks(query_features: np.ndarray, gallery_features: np.ndarray, distance: str,
+                     chunk_size: int) -> Iterator[np.ndarray]:
+  """The blocks of `distance_blocks`, computed in the calling thread: NumPy's BLAS matmul (faster than XLA's CPU
+  dot for these shapes), the rest in place on each block; squared norms by `einsum` (no `[G, D]` temporary),
+  the gallery normalised (cosine) once."""
   q = np.asarray(query_features, np.float32)
   g = np.asarray(gallery_features, np.float32)
+  q_squared, g_squared = np.einsum('ij,ij->i', q, q), np.einsum('ij,ij->i', g, g)
   if distance == 'cosine':
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-  g_squared = np.sum(g * g, axis=1)[None, :]
+    q = q / np.maximum(np.sqrt(q_squared), 1e-12)[:, None]
+    g = g / np.maximum(np.sqrt(g_squared), 1e-12)[:, None]
   for start in range(0, len(q), chunk_size):
-    block = q[start:start + chunk_size]
-    dot = block @ g.T
+    block = q[start:start + chunk_size] @ g.T
     if distance == 'cosine':
-      yield 1.0 - dot
+      yield np.subtract(1.0, block, out=block)
     else:
-      yield np.sqrt(np.maximum(np.sum(block * block, axis=1)[:, None] + g_squared - 2.0 * dot, 0.0))
+      block *= -2.0
+      block += q_squared[start:start + chunk_size, None]
+      block += g_squared[None, :]
+      yield np.sqrt(np.maximum(block, 0.0, out=block), out=block)
 
 
 def chunk_scores(distances: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, g_pids: np.ndarray,
