@@ -71,6 +71,26 @@ def fail(message: BaseException | str, status: int = EXIT_ERROR) -> NoReturn:
   sys.exit(status)
 
 
+def is_closed_loop_report(unraisable: Any) -> bool:
+  """Whether a `sys.unraisablehook` report is `RuntimeError: Event loop is closed`: after a failed checkpoint
+  read or write, tensorstore completes the operation's other reads and writes on the event loop orbax has
+  already closed, and reports each this way, from its own threads, at any later moment (also after the
+  command printed its error line)."""
+  return unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'
+
+
+def drop_closed_loop_reports() -> None:
+  """For the rest of the process, drops the reports of `is_closed_loop_report` (a command's one error line is
+  then the last thing on stderr); every other unraisable exception still goes to the previous hook."""
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not is_closed_loop_report(unraisable):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def checkpoint_errors() -> tuple[type[BaseException], ...]:
   """The errors of a command that loads a checkpoint and data: ValueError (DatasetError, EvaluationError and
   FeaturesError are ValueErrors) and CheckpointError, one line and exit status 1. Imported when the command
@@ -284,6 +304,7 @@ def run(main: Callable[[list[str]], int | None], *,
     if len(argv) > 1:
       fail(f'unexpected arguments: {" ".join(argv[1:])}', EXIT_USAGE)
     handled = errors() if callable(errors) else errors
+    drop_closed_loop_reports()
     try:
       return main(argv)
     except UsageError as error:

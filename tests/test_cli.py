@@ -155,3 +155,37 @@ def test_resolve_config_by_name_or_path(tmp_path, monkeypatch):
 def test_config_tree_nests_and_quotes():
   config = ml_collections.ConfigDict({'b': 1, 'a': 'x', 'model': {'depth': 18, 'stages': (2, 3)}})
   assert cli.config_tree(config) == ["  a: 'x'", '  b: 1', '  model:', '    depth: 18', '    stages: (2, 3)']
+
+
+REPORTS = '''
+import asyncio, sys
+from lstrl_jax import cli
+
+class Late:
+  """Calls into an event loop from __del__, as tensorstore's threads do after orbax closed the loop."""
+
+  def __init__(self, action):
+    self.action = action
+
+  def __del__(self):
+    self.action()
+
+def fail():
+  raise ValueError('another unraisable error')
+
+loop = asyncio.new_event_loop()
+loop.close()
+if sys.argv[1] == 'drop':
+  cli.drop_closed_loop_reports()
+Late(lambda: loop.call_soon_threadsafe(print))
+Late(fail)
+'''
+
+
+@pytest.mark.parametrize('drop', [False, True])
+def test_closed_event_loop_reports_are_dropped_and_nothing_else(drop):
+  result = subprocess.run([sys.executable, '-c', REPORTS, 'drop' if drop else 'keep'], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert ('Event loop is closed' in result.stderr) != drop, result.stderr
+  assert 'ValueError: another unraisable error' in result.stderr

@@ -4,6 +4,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -97,6 +98,10 @@ def runs(tmp_path_factory):
   # Re-ranking at k1=20 needs a gallery of 2 * k1 = 40 tracklets: 40 test persons, one tracklet per camera.
   rerank_data = demo.generate(root / 'demo_rerank', num_persons=RERANK_PERSONS, frames=3)
   rerank_ckpt = write_checkpoint(root / 'rerank', tiny_config(rerank_data, 0), RERANK_PERSONS // 2, seed=2)
+  unreadable = root / 'unreadable'  # split 0's checkpoint without its arrays: tensorstore fails many reads at once
+  shutil.copytree(split0, unreadable)
+  for arrays in (unreadable / 'checkpoints' / '7' / 'state').glob('[do]*'):  # d/, ocdbt.process_0/
+    shutil.rmtree(arrays)
   processes = {
       'rerank_scores': start_eval(f'--ckpt={rerank_ckpt}', '--clip_selection=rrs', '--rerank',
                                   f'--save_features={root / "rerank.npz"}'),
@@ -105,6 +110,7 @@ def runs(tmp_path_factory):
       'missing': start_eval(f'--ckpt={root / "nowhere"}'),
       'other': start_eval(f'--ckpt={other}'),
       'rerank': start_eval(f'--ckpt={split0}', '--rerank'),
+      'unreadable': start_eval(f'--ckpt={unreadable}'),
   }
   results = {}
   for name, process in processes.items():
@@ -153,6 +159,11 @@ def test_two_splits_table_features_and_pictures(runs):
 
 def test_missing_checkpoint(runs):
   assert_one_line_error(runs['missing'], 'nowhere')
+
+
+def test_unreadable_checkpoint_is_one_line_to_the_end(runs):
+  # tensorstore reports the reads it completes after orbax closed its event loop, even after the error line
+  assert_one_line_error(runs['unreadable'], r'unreadable/checkpoints/7: unreadable checkpoint: .*NOT_FOUND')
 
 
 def test_checkpoint_of_another_dataset(runs):

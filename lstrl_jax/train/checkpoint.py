@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lstrl_jax import cli
 from lstrl_jax import sharding
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -102,7 +103,7 @@ def quiet_orbax() -> Iterator[None]:
   previous_hook = sys.unraisablehook
 
   def hook(unraisable):
-    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
+    if not cli.is_closed_loop_report(unraisable):
       previous_hook(unraisable)
 
   for logger in loggers:
