@@ -71,24 +71,22 @@ def fail(message: BaseException | str, status: int = EXIT_ERROR) -> NoReturn:
   sys.exit(status)
 
 
-def is_closed_loop_report(unraisable: Any) -> bool:
-  """Whether a `sys.unraisablehook` report is `RuntimeError: Event loop is closed`: after a failed checkpoint
-  read or write, tensorstore completes the operation's other reads and writes on the event loop orbax has
-  already closed, and reports each this way, from its own threads, at any later moment (also after the
-  command printed its error line)."""
-  return unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'
+def drop_closed_loop_reports() -> Callable[[Any], object]:
+  """From now on, drops the `sys.unraisablehook` reports of `RuntimeError: Event loop is closed`.
 
-
-def drop_closed_loop_reports() -> None:
-  """For the rest of the process, drops the reports of `is_closed_loop_report` (a command's one error line is
-  then the last thing on stderr); every other unraisable exception still goes to the previous hook."""
+  After a failed checkpoint read or write, tensorstore completes the operation's other reads and writes on the
+  event loop orbax has already closed, and reports each this way, from its own threads, at any later moment
+  (also after a command printed its one error line, so `run` drops them for the whole command). Every other
+  unraisable exception still goes to the previous hook, which is returned so that a caller can restore it.
+  """
   previous_hook = sys.unraisablehook
 
   def hook(unraisable):
-    if not is_closed_loop_report(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
       previous_hook(unraisable)
 
   sys.unraisablehook = hook
+  return previous_hook
 
 
 def checkpoint_errors() -> tuple[type[BaseException], ...]:

@@ -4,6 +4,7 @@ test_checkpoint_resume.py and test_faults.py."""
 import asyncio
 import gc
 import logging
+import sys
 
 import pytest
 from etils import epath
@@ -100,3 +101,10 @@ def test_the_writes_beside_a_failed_save_are_dropped_while_its_error_propagates(
       checkpoint.check_saved(FailedSave(epath.Path(tmp_path)), 4)
   gc.collect()
   assert records == []
+
+
+def test_the_unraisable_hook_is_restored_on_exit():
+  before = sys.unraisablehook
+  with checkpoint.quiet_orbax():
+    assert sys.unraisablehook is not before
+  assert sys.unraisablehook is before

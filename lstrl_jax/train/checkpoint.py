@@ -95,20 +95,15 @@ def quiet_orbax() -> Iterator[None]:
   """Within it, orbax's error logs (absl and asyncio loggers) are dropped; the errors themselves still raise.
 
   After a failed save, tensorstore completes the save's other writes on an event loop orbax has closed and
-  reports each `RuntimeError: Event loop is closed` through `sys.unraisablehook`: those are dropped too. The
-  failed writes orbax left unawaited are collected before it exits (`check_saved` frees those its error held),
-  so asyncio reports them while dropped.
+  reports each `RuntimeError: Event loop is closed` through `sys.unraisablehook`: those are dropped too
+  (`cli.drop_closed_loop_reports`, the previous hook restored on exit). The failed writes orbax left unawaited
+  are collected before it exits (`check_saved` frees those its error held), so asyncio reports them while
+  dropped.
   """
   loggers, dropper = [logging.getLogger('absl'), logging.getLogger('asyncio')], _DropOrbaxErrors()
-  previous_hook = sys.unraisablehook
-
-  def hook(unraisable):
-    if not cli.is_closed_loop_report(unraisable):
-      previous_hook(unraisable)
-
   for logger in loggers:
     logger.addFilter(dropper)
-  sys.unraisablehook = hook
+  previous_hook = cli.drop_closed_loop_reports()
   try:
     yield
   finally:
